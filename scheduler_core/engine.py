@@ -1,0 +1,427 @@
+"""The engine: APScheduler 3.11's BackgroundScheduler over carnation's store, history and event fan-out.
+
+One Engine per process. It always reads and writes the database; it executes jobs only while it holds the
+executor role (allowed host, and the lease once several processes share a database). Every change goes to the
+database first, then to the in-memory scheduler, so a refused change leaves both untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from fnmatch import fnmatch
+from typing import Any
+
+from apscheduler import events as aps
+from apscheduler.events import JobSubmissionEvent
+from apscheduler.executors.base import MaxInstancesReachedError
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+
+from . import kinds
+from .config import Settings
+from .errors import ConflictingId, FieldError, JobNotFound, NotLeader, SpecError
+from .events import EVENT_NAMES, EventBus, SchedulerEvent
+from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
+from .jobstore import SpecJob, SpecJobStore
+from .spec import JobSpec, build_trigger, from_flat, parse_spec
+from .store import JobRow, Store, from_epoch, to_epoch
+
+log = logging.getLogger(__name__)
+
+JOB_EVENTS_WITH_ROWS = aps.EVENT_JOB_EXECUTED | aps.EVENT_JOB_ERROR | aps.EVENT_JOB_MISSED
+
+
+def host_allowed(allowed_hosts: list[str], host: str = HOSTNAME) -> bool:
+    """Flask-APScheduler's allowed_hosts: '*' or host names (shell-style patterns allowed)."""
+    return any(pattern == "*" or fnmatch(host, pattern) for pattern in allowed_hosts)
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.db_url)
+        self.events = EventBus()
+        self.host = HOSTNAME
+        self.pid = os.getpid()
+        self.may_execute = host_allowed(settings.allowed_hosts)
+        self.executing = False
+        self.started = False
+        self.broken: dict[str, str] = {}  # job id -> why its row cannot be scheduled
+        self.last_runs: dict[str, dict[str, Any]] = {}
+        self.db_error: str | None = None
+        self._seen_seq = 0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._lock = threading.RLock()  # serialises this process's edits against the change poller
+        self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem)
+        self.jobstore = SpecJobStore(self.store)
+        self.executor = ThreadPoolExecutor(settings.workers)
+        self.scheduler = BackgroundScheduler(
+            jobstores={"default": self.jobstore},
+            executors={"default": self.executor},
+            job_defaults={
+                "misfire_grace_time": settings.misfire_grace_time,
+                "coalesce": settings.coalesce,
+                "max_instances": 1,
+            },
+            timezone=settings.timezone,
+        )
+        self.scheduler.add_listener(self._on_aps_event, aps.EVENT_ALL)
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+    def start(self, execute: bool = True) -> None:
+        """Migrate the schema, upsert the predefined jobs, load every job and (if allowed) start executing."""
+        self.store.migrate()
+        self.sync_config_jobs()
+        self.last_runs = self.store.last_runs()
+        self.history.start()
+        self._seen_seq = self.store.jobs_seq()
+        if execute and self.may_execute:
+            self.jobstore.load(self._load_jobs())
+            self.scheduler.start()
+            self.executing = True
+        else:
+            self._load_broken_only()
+        self.started = True
+        self._poller = threading.Thread(target=self._poll_loop, name="carnation-poller", daemon=True)
+        self._poller.start()
+        self._publish("scheduler started" if self.executing else "console",
+                      message=f"{self.host} pid {self.pid}: " + ("executing jobs" if self.executing else "standing by"))
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop gracefully: no new runs, wait for running ones up to `timeout`, write all history.
+        Returns False if some run was still going when the wait ended."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        self._stop.set()
+        finished = True
+        if self.executing:
+            self.scheduler.shutdown(wait=False)  # stops the loop and flushes next run times (jobstore.shutdown)
+            deadline = time.monotonic() + timeout
+            while self.running_count() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            finished = self.running_count() == 0
+            if not finished:
+                log.warning("shutting down with %d run(s) still going", self.running_count())
+            self.executing = False
+        if self._poller:
+            self._poller.join(5)
+        self.history.stop()
+        self.started = False
+        return finished
+
+    # --- building APScheduler jobs from specs -------------------------------------------------------------------
+    def make_trigger(self, spec: JobSpec) -> BaseTrigger:
+        return build_trigger(spec, self.settings.timezone)
+
+    def make_job(self, spec: JobSpec, trigger: BaseTrigger, next_run_time: datetime | None) -> SpecJob:
+        # Built field by field: Job.__init__ inspects the callable's signature per job, a cost that adds up
+        # to seconds when loading 100,000 rows, for values we have already validated.
+        job = SpecJob.__new__(SpecJob)
+        job._scheduler = self.scheduler
+        job._jobstore_alias = "default"
+        job.id = spec.id
+        job.name = spec.display_name
+        job.func = kinds.execute
+        job.func_ref = "scheduler_core.kinds:execute"
+        job.args = (spec,)
+        job.kwargs = {}
+        job.trigger = trigger
+        job.executor = "default"
+        job.misfire_grace_time = spec.misfire_grace_time or self.settings.misfire_grace_time
+        job.coalesce = self.settings.coalesce if spec.coalesce is None else spec.coalesce
+        job.max_instances = spec.max_instances
+        job.next_run_time = next_run_time
+        return job
+
+    def _row_to_job(self, row: JobRow) -> SpecJob:
+        spec = JobSpec.from_json(row.spec)
+        kinds.prepare(spec)
+        trigger = self.make_trigger(spec)
+        nrt = None if row.paused else from_epoch(row.next_run_time)
+        if not row.paused and nrt is None:
+            # A job whose next run time was never written (or was cleared outside carnation): schedule afresh.
+            nrt = trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+        if nrt is not None:
+            nrt = nrt.astimezone(self.scheduler.timezone)
+        return self.make_job(spec, trigger, nrt)
+
+    def _load_jobs(self) -> list[SpecJob]:
+        jobs = []
+        self.broken.clear()
+        for row in self.store.load_jobs():
+            try:
+                jobs.append(self._row_to_job(row))
+            except Exception as exc:
+                self._mark_broken(row.id, exc, already=row.broken)
+        return jobs
+
+    def _load_broken_only(self) -> None:
+        self.broken = {row.id: row.broken for row in self.store.load_jobs() if row.broken}
+
+    def _mark_broken(self, job_id: str, exc: Exception, already: str | None = None) -> None:
+        reason = str(exc) or type(exc).__name__
+        self.broken[job_id] = reason
+        if already != reason:
+            # Kept, never deleted: the operator fixes or removes it.
+            log.error("job %s cannot be scheduled and is marked broken: %s", job_id, reason)
+            self.store.mark_broken(job_id, reason)
+            self._publish("broken", job_id, reason)
+
+    # --- predefined jobs from config ------------------------------------------------------------------------
+    def sync_config_jobs(self) -> None:
+        """Upsert the config's jobs: config owns their definition, runtime state (paused) is kept. Jobs that
+        came from config and are no longer in it are removed. Never raises ConflictingIdError on restart."""
+        specs: list[JobSpec] = []
+        errors: list[FieldError] = []
+        for index, entry in enumerate(self.settings.jobs):
+            try:
+                spec = from_flat(entry)
+                kinds.prepare(spec)
+                specs.append(spec)
+            except SpecError as exc:
+                errors.extend(FieldError(f"jobs[{index}].{e.field}", e.reason) for e in exc.errors)
+        if errors:
+            raise SpecError(errors)
+        existing = {row.id: row for row in self.store.load_jobs()}
+        now = datetime.now(timezone.utc)
+        for spec in specs:
+            row = existing.get(spec.id)
+            spec_json = spec.to_json()
+            if row is None:
+                nrt = None if spec.paused else self.make_trigger(spec).get_next_fire_time(None, now)
+                self.store.insert_job(spec.id, spec_json, to_epoch(nrt), spec.paused, source="config")
+            elif row.spec != spec_json or row.source != "config" or row.broken:
+                paused = row.paused
+                same_trigger = not row.broken and _same_schedule(row.spec, spec)
+                nrt = row.next_run_time if same_trigger else (
+                    None if paused else to_epoch(self.make_trigger(spec).get_next_fire_time(None, now)))
+                self.store.update_job(spec.id, spec_json=spec_json, next_run_time=nrt, paused=paused, source="config")
+        config_ids = {spec.id for spec in specs}
+        for row in existing.values():
+            if row.source == "config" and row.id not in config_ids:
+                log.info("job %s was removed from the config; removing it", row.id)
+                self.store.delete_job(row.id)
+
+    # --- edits (database first, then memory) -------------------------------------------------------------------
+    def add(self, spec: JobSpec) -> None:
+        with self._lock:
+            kinds.prepare(spec)
+            trigger = self.make_trigger(spec)
+            nrt = None if spec.paused else trigger.get_next_fire_time(None, datetime.now(self.scheduler.timezone))
+            if not spec.paused and nrt is None:
+                raise SpecError(FieldError("trigger", "never fires: its last fire time has passed"))
+            self.store.insert_job(spec.id, spec.to_json(), to_epoch(nrt), spec.paused)
+            self._seen_seq += 1
+            if self.executing:
+                self._put_in_memory(self.make_job(spec, trigger, nrt), aps.EVENT_JOB_ADDED)
+
+    def update(self, spec: JobSpec) -> None:
+        """Replace a job's definition. Its schedule restarts from now; paused stays paused."""
+        with self._lock:
+            row = self.store.get_job_row(spec.id)
+            kinds.prepare(spec)
+            trigger = self.make_trigger(spec)
+            paused = spec.paused
+            nrt = None if paused else trigger.get_next_fire_time(None, datetime.now(self.scheduler.timezone))
+            if not paused and nrt is None:
+                raise SpecError(FieldError("trigger", "never fires: its last fire time has passed"))
+            self.store.update_job(spec.id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=paused,
+                                  source="user" if row.source != "config" else "config")
+            self.broken.pop(spec.id, None)
+            if self.executing:
+                self._put_in_memory(self.make_job(spec, trigger, nrt), aps.EVENT_JOB_MODIFIED)
+
+    def set_paused(self, job_id: str, paused: bool) -> None:
+        with self._lock:
+            row = self.store.get_job_row(job_id)
+            if row.broken:
+                raise SpecError(FieldError("id", f"job {job_id} is broken: {row.broken}"))
+            spec = JobSpec.from_json(row.spec)
+            spec = spec.model_copy(update={"paused": paused})
+            nrt = None
+            if not paused:
+                nrt = self.make_trigger(spec).get_next_fire_time(None, datetime.now(self.scheduler.timezone))
+            self.store.update_job(job_id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=paused)
+            if self.executing:
+                job = self.jobstore.lookup_job(job_id)
+                if job is not None:
+                    if nrt is None and not paused:
+                        self.remove_from_memory(job_id)
+                        return
+                    self._put_in_memory(self.make_job(spec, job.trigger, nrt), aps.EVENT_JOB_MODIFIED)
+            self._publish("paused" if paused else "resumed", job_id)
+
+    def remove(self, job_id: str) -> None:
+        with self._lock:
+            if not self.store.delete_job(job_id):
+                raise JobNotFound(job_id)
+            self.broken.pop(job_id, None)
+            self.remove_from_memory(job_id)
+
+    def run_now(self, job_id: str) -> None:
+        """Start one run right away, outside the schedule (which is left as it is)."""
+        if not self.executing:
+            raise NotLeader(f"this process ({self.host}) does not execute jobs; run it where the scheduler runs")
+        with self.scheduler._jobstores_lock:
+            job = self.jobstore.lookup_job(job_id)
+        if job is None:
+            if job_id in self.broken:
+                raise SpecError(FieldError("id", f"job {job_id} is broken: {self.broken[job_id]}"))
+            raise JobNotFound(job_id)
+        now = datetime.now(self.scheduler.timezone)
+        try:
+            self.executor.submit_job(job, [now])
+        except MaxInstancesReachedError:
+            self._on_aps_event(JobSubmissionEvent(aps.EVENT_JOB_MAX_INSTANCES, job_id, "default", [now]))
+            raise
+        self._on_aps_event(JobSubmissionEvent(aps.EVENT_JOB_SUBMITTED, job_id, "default", [now]))
+
+    def _put_in_memory(self, job: SpecJob, event_code: int) -> None:
+        with self.scheduler._jobstores_lock:
+            if self.jobstore.lookup_job(job.id) is None:
+                self.jobstore.add_job(job)
+            else:
+                self.jobstore.update_job(job)
+        self.scheduler._dispatch_event(aps.JobEvent(event_code, job.id, "default"))
+        self.scheduler.wakeup()
+
+    def remove_from_memory(self, job_id: str) -> None:
+        if not self.executing:
+            return
+        with self.scheduler._jobstores_lock:
+            present = self.jobstore.lookup_job(job_id) is not None
+            if present:
+                self.jobstore.forget(job_id)
+        if present:
+            self.scheduler._dispatch_event(aps.JobEvent(aps.EVENT_JOB_REMOVED, job_id, "default"))
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def running_count(self, job_id: str | None = None) -> int:
+        instances = getattr(self.executor, "_instances", {})
+        if job_id is not None:
+            return instances.get(job_id, 0)
+        return sum(instances.values())
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Make everything so far durable: next run times and history."""
+        ok = self.jobstore.flush(timeout)
+        return self.history.flush(timeout) and ok
+
+    # --- changes made by other processes ----------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.settings.poll_interval):
+            try:
+                self.apply_external_changes()
+                if self.executing:
+                    self._run_requested()
+                if self.db_error:
+                    self._publish("database", message="database reachable again")
+                    self.db_error = None
+            except Exception as exc:
+                self._database_problem(f"database unavailable: {exc}")
+
+    def apply_external_changes(self) -> bool:
+        """Bring memory in line with rows changed by any process since the last look. True if anything changed."""
+        seq = self.store.jobs_seq()
+        if seq == self._seen_seq:
+            return False
+        with self._lock:
+            rows = {row.id: row for row in self.store.load_jobs()}
+            self._seen_seq = seq
+            self.broken = {job_id: row.broken for job_id, row in rows.items() if row.broken}
+            if not self.executing:
+                return True
+            with self.scheduler._jobstores_lock:
+                in_memory = {job.id: job for job in self.jobstore.get_all_jobs()}
+            for job_id in in_memory.keys() - rows.keys():
+                self.remove_from_memory(job_id)
+            for job_id, row in rows.items():
+                job = in_memory.get(job_id)
+                if row.broken:
+                    continue
+                if job is not None and job.args[0].to_json() == row.spec and (job.next_run_time is None) == row.paused:
+                    continue
+                try:
+                    new_job = self._row_to_job(row)
+                except Exception as exc:
+                    self.remove_from_memory(job_id)
+                    self._mark_broken(job_id, exc)
+                    continue
+                self._put_in_memory(new_job, aps.EVENT_JOB_ADDED if job is None else aps.EVENT_JOB_MODIFIED)
+        return True
+
+    def _run_requested(self) -> None:
+        for job_id in self.store.take_run_requests():
+            try:
+                self.run_now(job_id)
+            except Exception as exc:
+                log.warning("requested run of %s not started: %s", job_id, exc)
+                self._publish("error", job_id, f"run now refused: {exc}")
+
+    # --- events ----------------------------------------------------------------------------------------------
+    def _publish(self, kind: str, job_id: str | None = None, message: str = "",
+                 scheduled_at: datetime | None = None) -> None:
+        self.events.publish(SchedulerEvent(kind=kind, job_id=job_id, message=message, scheduled_at=scheduled_at))
+
+    def _database_problem(self, message: str) -> None:
+        if self.db_error is None:
+            log.error("%s", message)
+            self._publish("database", message=message)
+        self.db_error = message
+
+    def _remember_runs(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.last_runs[row["job_id"]] = row
+
+    def _on_aps_event(self, event: aps.SchedulerEvent) -> None:
+        """APScheduler's listener: runs on its threads, so it only converts and enqueues."""
+        code = event.code
+        job_id = getattr(event, "job_id", None)
+        if code & JOB_EVENTS_WITH_ROWS:
+            row = row_from_event(event)
+            if row is not None:
+                self.history.record(row)
+                self.last_runs[row["job_id"]] = row
+                message = row["exception"] or ""
+                if row["duration"] is not None:
+                    message = f"{row['duration']:.3f} s" + (f" — {message}" if message else "")
+                self._publish(EVENT_NAMES[code], job_id, message, getattr(event, "scheduled_run_time", None))
+            return
+        if code == aps.EVENT_JOB_MAX_INSTANCES:
+            for run_time in event.scheduled_run_times:
+                self.history.record(run_row(job_id, run_time, "skipped",
+                                            exception="skipped: maximum number of running instances reached"))
+            self._publish("skipped", job_id, "maximum number of running instances reached",
+                          event.scheduled_run_times[-1])
+            return
+        if code == aps.EVENT_JOB_SUBMITTED:
+            self._publish("submitted", job_id, scheduled_at=event.scheduled_run_times[-1])
+            return
+        name = EVENT_NAMES.get(code)
+        if name and code != aps.EVENT_SCHEDULER_STARTED:
+            self._publish(name, job_id)
+
+
+def _same_schedule(old_spec_json: str, new: JobSpec) -> bool:
+    try:
+        old = JobSpec.from_json(old_spec_json)
+    except Exception:
+        return False
+    keys = ("trigger", "timezone", "start_date", "end_date", "jitter")
+    return all(getattr(old, k) == getattr(new, k) for k in keys)
+
+
+def coerce_spec(data: JobSpec | dict[str, Any]) -> JobSpec:
+    """Accept a JobSpec, our nested spec dict, or Flask-APScheduler's flat dict."""
+    if isinstance(data, JobSpec):
+        return data
+    if isinstance(data, dict) and ("func" in data or not isinstance(data.get("trigger", {}), dict)):
+        return from_flat(data)
+    return parse_spec(data)

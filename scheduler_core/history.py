@@ -1,0 +1,206 @@
+"""Execution history: APScheduler listener -> bounded queue -> one batched writer thread -> the runs table.
+
+The listener runs on scheduler and executor threads and only turns the event into a row and enqueues it. The writer
+thread inserts in batches; when the database is down it keeps the rows (up to a bound) and retries, so a restart of
+the database loses nothing that fits in the buffer, and anything dropped beyond it is counted and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from apscheduler import events as aps
+
+from .kinds import JobFailed, RunResult
+from .store import Store, to_epoch
+
+log = logging.getLogger(__name__)
+
+HOSTNAME = socket.gethostname()
+TEXT_LIMIT = 8000
+
+
+def _clip(text: str | None, limit: int = TEXT_LIMIT) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return "…" + text[-limit:]
+
+
+def run_row(
+    job_id: str,
+    scheduled_at: datetime | float,
+    outcome: str,
+    *,
+    result: RunResult | None = None,
+    exception: str | None = None,
+    traceback: str | None = None,
+) -> dict[str, Any]:
+    """A runs-table row. Hostname and pid say which process ran it."""
+    now = time.time()
+    scheduled = scheduled_at if isinstance(scheduled_at, float) else scheduled_at.timestamp()
+    row: dict[str, Any] = {
+        "job_id": job_id,
+        "scheduled_at": scheduled,
+        "host": HOSTNAME,
+        "pid": os.getpid(),
+        "started_at": None,
+        "finished_at": None,
+        "duration": None,
+        "outcome": outcome,
+        "return_value": None,
+        "exception": _clip(exception, 2000),
+        "traceback": _clip(traceback),
+        "output": None,
+        "exit_code": None,
+        "http_status": None,
+        "recorded_at": now,
+    }
+    if result is not None:
+        row.update(
+            started_at=to_epoch(result.started_at),
+            finished_at=to_epoch(result.finished_at),
+            duration=result.duration,
+            return_value=result.return_value,
+            output=_clip(result.output),
+            exit_code=result.exit_code,
+            http_status=result.http_status,
+        )
+    return row
+
+
+def row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
+    """The history row an APScheduler event stands for, or None if it is not an execution outcome."""
+    code = event.code
+    if code == aps.EVENT_JOB_EXECUTED:
+        result = event.retval if isinstance(event.retval, RunResult) else None
+        return run_row(event.job_id, event.scheduled_run_time, "success", result=result)
+    if code == aps.EVENT_JOB_ERROR:
+        exc = event.exception
+        if isinstance(exc, JobFailed):
+            outcome = "timeout" if exc.timed_out else "error"
+            return run_row(
+                event.job_id, event.scheduled_run_time, outcome, result=exc.result,
+                exception=str(exc), traceback=exc.traceback or event.traceback,
+            )
+        return run_row(
+            event.job_id, event.scheduled_run_time, "error",
+            exception=f"{type(exc).__name__}: {exc}", traceback=event.traceback,
+        )
+    if code == aps.EVENT_JOB_MISSED:
+        return run_row(event.job_id, event.scheduled_run_time, "missed", exception="run time missed")
+    return None
+
+
+class HistoryRecorder:
+    """Owns the writer thread. `record(row)` is safe to call from any thread and never blocks on I/O."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.1,
+        buffer_limit: int = 100_000,
+        on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_problem: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self._queue: deque[dict[str, Any]] = deque(maxlen=buffer_limit)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
+        self._on_rows = on_rows
+        self._on_problem = on_problem
+        self.written = 0
+        self.dropped = 0
+        self.duplicates = 0
+        self.failing_since: float | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="carnation-history", daemon=True)
+        self._thread.start()
+
+    def record(self, row: dict[str, Any]) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(row)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + self._in_flight
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is written (or timeout). True if the queue emptied."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._idle:
+            while self.pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._idle.wait(min(remaining, 0.05))
+                self._wake.set()
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._stopping.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _take_batch(self) -> list[dict[str, Any]]:
+        batch = []
+        while self._queue and len(batch) < self.batch_size:
+            batch.append(self._queue.popleft())
+        self._in_flight = len(batch)
+        return batch
+
+    def _run(self) -> None:
+        backoff = self.flush_interval
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_interval if not self.failing_since else backoff)
+            self._wake.clear()
+            while self._queue:
+                batch = self._take_batch()
+                try:
+                    inserted, duplicates = self.store.insert_runs(batch)
+                except Exception as exc:  # database down: keep the rows, in order, and retry
+                    for row in reversed(batch):
+                        self._queue.appendleft(row)
+                    self._in_flight = 0
+                    if self.failing_since is None:
+                        self.failing_since = time.time()
+                        log.error("cannot write run history (kept in memory, retrying): %s", exc)
+                        if self._on_problem:
+                            self._on_problem(f"history writes failing, {len(self._queue)} rows kept: {exc}")
+                    backoff = min(max(backoff * 2, 0.5), 5.0)
+                    break
+                if self.failing_since is not None:
+                    log.warning("run history writes recovered after %.1f s", time.time() - self.failing_since)
+                    self.failing_since = None
+                    backoff = self.flush_interval
+                self.written += inserted
+                if duplicates:
+                    self.duplicates += len(duplicates)
+                    for row in duplicates:
+                        log.error("job %s ran twice for scheduled time %s", row["job_id"], row["scheduled_at"])
+                self._in_flight = 0
+                if self._on_rows:
+                    self._on_rows(batch)
+            with self._idle:
+                self._idle.notify_all()

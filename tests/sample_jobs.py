@@ -1,0 +1,48 @@
+"""Job functions for tests, importable as `tests.sample_jobs:<name>` from the repository root."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+NOT_CALLABLE = 42
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def record(path: str, value: Any) -> None:
+    """Append `value` as one line to `path`: proof, for tests, that a run happened and when."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{value}\n")
+
+
+class Namespace:
+    """For `module:obj.attr` references."""
+
+    @staticmethod
+    def double(x: float) -> float:
+        return 2 * x
+
+
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+def exit_job(code: int = 2) -> None:
+    raise SystemExit(code)
