@@ -214,13 +214,24 @@ class Engine:
         with self._lock:
             kinds.prepare(spec)
             trigger = self.make_trigger(spec)
-            nrt = None if spec.paused else trigger.get_next_fire_time(None, datetime.now(self.scheduler.timezone))
-            if not spec.paused and nrt is None:
-                raise SpecError(FieldError("trigger", "never fires: its last fire time has passed"))
+            nrt = self._first_run_time(spec, trigger)
             self.store.insert_job(spec.id, spec.to_json(), to_epoch(nrt), spec.paused)
             self._seen_seq += 1
             if self.executing:
                 self._put_in_memory(self.make_job(spec, trigger, nrt), aps.EVENT_JOB_ADDED)
+
+    def _first_run_time(self, spec: JobSpec, trigger: BaseTrigger) -> datetime | None:
+        """When a new or edited job first fires; refuses a schedule that would never run."""
+        if spec.paused:
+            return None
+        now = datetime.now(self.scheduler.timezone)
+        nrt = trigger.get_next_fire_time(None, now)
+        if nrt is None:
+            raise SpecError(FieldError("end_date", "the schedule never fires: its last fire time has passed"))
+        grace = spec.misfire_grace_time or self.settings.misfire_grace_time
+        if spec.trigger.type == "date" and (now - nrt).total_seconds() > grace:
+            raise SpecError(FieldError("run_date", f"{nrt.isoformat()} is in the past: the job would never run"))
+        return nrt
 
     def update(self, spec: JobSpec) -> None:
         """Replace a job's definition. Its schedule restarts from now; paused stays paused."""
@@ -229,9 +240,7 @@ class Engine:
             kinds.prepare(spec)
             trigger = self.make_trigger(spec)
             paused = spec.paused
-            nrt = None if paused else trigger.get_next_fire_time(None, datetime.now(self.scheduler.timezone))
-            if not paused and nrt is None:
-                raise SpecError(FieldError("trigger", "never fires: its last fire time has passed"))
+            nrt = self._first_run_time(spec, trigger)
             self.store.update_job(spec.id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=paused,
                                   source="user" if row.source != "config" else "config")
             self.broken.pop(spec.id, None)

@@ -46,3 +46,13 @@ def thread_name() -> str:
 
 def exit_job(code: int = 2) -> None:
     raise SystemExit(code)
+
+
+def block_until(path: str, timeout: float = 10.0) -> str:
+    """Hold a worker until `path` exists (or timeout): lets a test keep a run going as long as it needs."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "released" if os.path.exists(path) else "timed out"
