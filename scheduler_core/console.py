@@ -116,6 +116,7 @@ class Status:
     errors_last_hour: int
     database_error: str | None
     timezone: str
+    executor: str | None  # "host pid N" of the process that executes jobs, if any
 
 
 class Console:
@@ -240,9 +241,10 @@ class Console:
         views = self.list_jobs()
         hour_ago = time.time() - 3600
         try:
-            errors = engine.store.count_runs(since=hour_ago, outcome=("error", "timeout", "missed"))
+            errors = engine.store.count_runs(since=hour_ago, outcome=("error", "timeout", "missed", "abandoned"))
+            holder = engine.store.lease_holder()
         except Exception:
-            errors = -1
+            errors, holder = -1, None
         return Status(
             host=engine.host,
             pid=engine.pid,
@@ -257,6 +259,7 @@ class Console:
             errors_last_hour=errors,
             database_error=engine.db_error,
             timezone=self.timezone,
+            executor=f"{holder['host']} pid {holder['pid']}" if holder else None,
         )
 
     def subscribe(self, maxlen: int = 10_000) -> Subscription:

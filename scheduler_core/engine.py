@@ -12,15 +12,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatch
 from typing import Any
 
 from apscheduler import events as aps
 from apscheduler.events import JobSubmissionEvent
 from apscheduler.executors.base import MaxInstancesReachedError
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
@@ -28,6 +28,7 @@ from . import kinds
 from .config import Settings
 from .errors import ConflictingId, FieldError, JobNotFound, NotLeader, SpecError
 from .events import EVENT_NAMES, EventBus, SchedulerEvent
+from .executor import ClaimingExecutor
 from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
 from .jobstore import SpecJob, SpecJobStore
 from .spec import JobSpec, build_trigger, from_flat, parse_spec
@@ -51,7 +52,11 @@ class Engine:
         self.host = HOSTNAME
         self.pid = os.getpid()
         self.may_execute = host_allowed(settings.allowed_hosts)
+        self.holder = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.wants_to_execute = False
         self.executing = False
+        self._scheduler_started = False
+        self._last_renewal = 0.0
         self.started = False
         self.broken: dict[str, str] = {}  # job id -> why its row cannot be scheduled
         self.last_runs: dict[str, dict[str, Any]] = {}
@@ -62,7 +67,7 @@ class Engine:
         self._lock = threading.RLock()  # serialises this process's edits against the change poller
         self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem)
         self.jobstore = SpecJobStore(self.store)
-        self.executor = ThreadPoolExecutor(settings.workers)
+        self.executor = ClaimingExecutor(settings.workers, self._claim)
         self.scheduler = BackgroundScheduler(
             jobstores={"default": self.jobstore},
             executors={"default": self.executor},
@@ -77,31 +82,42 @@ class Engine:
 
     # --- life cycle -----------------------------------------------------------------------------------------
     def start(self, execute: bool = True) -> None:
-        """Migrate the schema, upsert the predefined jobs, load every job and (if allowed) start executing."""
+        """Migrate the schema, upsert the predefined jobs, and execute jobs if this process may and can take the
+        lease; otherwise stand by (and take over if the executing process goes away)."""
         self.store.migrate()
         self.sync_config_jobs()
         self.last_runs = self.store.last_runs()
         self.history.start()
         self._seen_seq = self.store.jobs_seq()
-        if execute and self.may_execute:
-            self.jobstore.load(self._load_jobs())
-            self.scheduler.start()
-            self.executing = True
-        else:
-            self._load_broken_only()
+        self._load_broken_only()
+        self.wants_to_execute = execute and self.may_execute
+        if self.wants_to_execute:
+            self._try_take_over()
         self.started = True
         self._poller = threading.Thread(target=self._poll_loop, name="carnation-poller", daemon=True)
         self._poller.start()
-        self._publish("scheduler started" if self.executing else "console",
-                      message=f"{self.host} pid {self.pid}: " + ("executing jobs" if self.executing else "standing by"))
+        if not self.executing:
+            self._publish("standby", message=self._standby_reason())
+
+    def _standby_reason(self) -> str:
+        if not self.may_execute:
+            return f"{self.host} is not in allowed_hosts {self.settings.allowed_hosts}: console only"
+        if not self.wants_to_execute:
+            return "console only"
+        holder = self.store.lease_holder()
+        return f"standing by: {holder['host']} pid {holder['pid']} executes" if holder else "standing by"
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop gracefully: no new runs, wait for running ones up to `timeout`, write all history.
-        Returns False if some run was still going when the wait ended."""
+        """Stop gracefully: no new runs, wait for running ones up to `timeout`, write all history, hand the lease
+        on. Returns False if some run was still going when the wait ended."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self._stop.set()
+        if self._poller:
+            self._poller.join(5)
         finished = True
-        if self.executing:
+        if self._scheduler_started:
+            was_executing = self.executing
+            self.executing = False
             self.scheduler.shutdown(wait=False)  # stops the loop and flushes next run times (jobstore.shutdown)
             deadline = time.monotonic() + timeout
             while self.running_count() and time.monotonic() < deadline:
@@ -109,12 +125,89 @@ class Engine:
             finished = self.running_count() == 0
             if not finished:
                 log.warning("shutting down with %d run(s) still going", self.running_count())
-            self.executing = False
-        if self._poller:
-            self._poller.join(5)
+            if was_executing:
+                self._release_lease()
         self.history.stop()
         self.started = False
         return finished
+
+    # --- the executor role: one process per database ----------------------------------------------------------
+    def _try_take_over(self) -> bool:
+        if not self.store.try_acquire_lease(self.holder, self.host, self.pid, self.settings.lease_seconds):
+            return False
+        self._last_renewal = time.monotonic()
+        with self._lock:
+            abandoned = self.store.abandon_running(self.host, self.pid)
+            if abandoned:
+                log.warning("%d run(s) of a stopped process never finished; recorded as abandoned", abandoned)
+            self.last_runs = self.store.last_runs()
+            handled = self.store.last_handled()
+            self._seen_seq = self.store.jobs_seq()
+            jobs = [self._skip_handled(job, handled.get(job.id)) for job in self._load_jobs()]
+            self.jobstore.load([job for job in jobs if job is not None])
+            self.executing = True
+            if self._scheduler_started:
+                self.scheduler.resume()
+            else:
+                self.scheduler.start()
+                self._scheduler_started = True
+        log.info("%s pid %d executes jobs", self.host, self.pid)
+        self._publish("leader", message=f"{self.host} pid {self.pid} executes jobs")
+        return True
+
+    def _skip_handled(self, job: SpecJob, handled_at: float | None) -> SpecJob | None:
+        """A job whose stored next run time lags its history (its last executor died before writing the new time)
+        continues after the last run it has a row for, so no scheduled run starts twice."""
+        if handled_at is None or job.next_run_time is None or to_epoch(job.next_run_time) > handled_at:
+            return job
+        last = from_epoch(handled_at)
+        nrt = job.trigger.get_next_fire_time(last, last + timedelta(microseconds=1))
+        if nrt is None:
+            self.store.delete_job(job.id)  # a one-off that already ran
+            return None
+        job.next_run_time = nrt.astimezone(self.scheduler.timezone)
+        return job
+
+    def _step_down(self, reason: str) -> None:
+        with self._lock:
+            if not self.executing:
+                return
+            self.executing = False
+            self.scheduler.pause()
+            try:
+                self.jobstore.clear_memory()
+            except Exception:
+                with self.scheduler._jobstores_lock:
+                    MemoryJobStore.remove_all_jobs(self.jobstore)
+        log.warning("stopped executing jobs: %s", reason)
+        self._publish("standby", message=f"stopped executing: {reason}")
+
+    def _keep_lease(self) -> None:
+        if time.monotonic() - self._last_renewal < self.settings.lease_seconds / 4:
+            return
+        try:
+            held = self.store.renew_lease(self.holder)
+        except Exception as exc:
+            # Unreachable: keep executing from memory while the lease is surely ours, then step down so that a
+            # standby which can reach the database may take over without two executors.
+            if time.monotonic() - self._last_renewal > self.settings.lease_seconds * 0.75:
+                self._step_down(f"database unreachable for too long ({exc})")
+            raise
+        if held:
+            self._last_renewal = time.monotonic()
+        else:
+            self._step_down("another process took the lease")
+
+    def _release_lease(self) -> None:
+        try:
+            self.store.release_lease(self.holder)
+        except Exception as exc:
+            log.warning("could not release the lease (a standby takes over when it expires): %s", exc)
+
+    def _claim(self, job_id: str, run_time: datetime) -> bool:
+        row = run_row(job_id, run_time, "running")
+        row["started_at"] = time.time()
+        return self.store.claim_run(row)
 
     # --- building APScheduler jobs from specs -------------------------------------------------------------------
     def make_trigger(self, spec: JobSpec) -> BaseTrigger:
@@ -327,6 +420,10 @@ class Engine:
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.settings.poll_interval):
             try:
+                if self.executing:
+                    self._keep_lease()
+                elif self.wants_to_execute:
+                    self._try_take_over()
                 self.apply_external_changes()
                 if self.executing:
                     self._run_requested()

@@ -19,6 +19,7 @@ from typing import Any
 
 from apscheduler import events as aps
 
+from .executor import UnclaimedRunEvent
 from .kinds import JobFailed, RunResult
 from .store import Store, to_epoch
 
@@ -78,6 +79,13 @@ def run_row(
 
 def row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
     """The history row an APScheduler event stands for, or None if it is not an execution outcome."""
+    row = _row_from_event(event)
+    if row is not None:
+        row["_claimed"] = not isinstance(event, UnclaimedRunEvent)
+    return row
+
+
+def _row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
     code = event.code
     if code == aps.EVENT_JOB_EXECUTED:
         result = event.retval if isinstance(event.retval, RunResult) else None

@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_MISSED
 from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 
+from .executor import UnclaimedRunEvent
 from .store import Store, to_epoch
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class SpecJob(Job):
         if self.coalesce and len(run_times) > 1:
             for run_time in run_times[:-1]:
                 self._scheduler._dispatch_event(
-                    JobExecutionEvent(EVENT_JOB_MISSED, self.id, self._jobstore_alias, run_time)
+                    UnclaimedRunEvent(EVENT_JOB_MISSED, self.id, self._jobstore_alias, run_time)
                 )
         return run_times
 
@@ -89,6 +90,11 @@ class SpecJobStore(MemoryJobStore):
             MemoryJobStore.remove_job(self, job_id)
         with self._pending_lock:
             self._pending.pop(job_id, None)
+
+    def clear_memory(self) -> None:
+        """Forget every job without touching the database (this process stops executing)."""
+        self.flush()
+        MemoryJobStore.remove_all_jobs(self)
 
     def shutdown(self) -> None:
         self.flush()

@@ -101,8 +101,13 @@ run_requests_table = sa.Table(
     sa.Column("requested_by", sa.String(255), nullable=False),
 )
 
-OUTCOMES = ("success", "error", "timeout", "missed", "skipped", "running")
+OUTCOMES = ("success", "error", "timeout", "missed", "skipped", "running", "abandoned")
 JOBS_SEQ_KEY = "jobs_seq"
+LEASE_NAME = "executor"
+
+
+class _ClaimsMissing(Exception):
+    """Some finished runs found no claim row to update (e.g. pruned meanwhile): write them one by one."""
 
 
 def to_epoch(value: datetime | None) -> float | None:
@@ -300,26 +305,126 @@ class Store:
         return [r[1] for r in rows]
 
     # --- runs -----------------------------------------------------------------------------------------------
-    def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
-        """Insert history rows in one transaction; on a unique clash fall back to one by one.
-        Returns (inserted, duplicates): duplicates are runs of a (job, scheduled time) already recorded."""
-        if not rows:
-            return 0, []
+    def claim_run(self, row: dict[str, Any]) -> bool:
+        """Insert a run's "running" row before it starts. False if that (job, scheduled time) was claimed before."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(runs_table.insert(), list(rows))
-            return len(rows), []
+                conn.execute(runs_table.insert(), [row])
+            return True
         except IntegrityError:
+            return False
+
+    def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Write finished runs in one transaction: a claimed run updates its "running" row, others are inserted.
+        On a unique clash fall back to one by one. Returns (written, duplicates): duplicates are inserts of a
+        (job, scheduled time) already recorded."""
+        if not rows:
+            return 0, []
+        claimed = [r for r in rows if r.get("_claimed")]
+        fresh = [{k: v for k, v in r.items() if k != "_claimed"} for r in rows if not r.get("_claimed")]
+        try:
+            with self.engine.begin() as conn:
+                if claimed:
+                    updated = self._finish_claimed(conn, claimed)
+                    if updated < len(claimed):
+                        raise _ClaimsMissing()
+                if fresh:
+                    conn.execute(runs_table.insert(), fresh)
+            return len(rows), []
+        except (IntegrityError, _ClaimsMissing):
             pass
-        inserted, duplicates = 0, []
+        written, duplicates = 0, []
         for row in rows:
+            plain = {k: v for k, v in row.items() if k != "_claimed"}
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(runs_table.insert(), [row])
-                inserted += 1
+                    if row.get("_claimed") and self._finish_claimed(conn, [row]):
+                        written += 1
+                        continue
+                    conn.execute(runs_table.insert(), [plain])
+                written += 1
             except IntegrityError:
-                duplicates.append(row)
-        return inserted, duplicates
+                duplicates.append(plain)
+        return written, duplicates
+
+    _FINISH_COLUMNS = ("host", "pid", "started_at", "finished_at", "duration", "outcome", "return_value", "exception",
+                       "traceback", "output", "exit_code", "http_status", "recorded_at")
+
+    def _finish_claimed(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> int:
+        statement = (
+            runs_table.update()
+            .where(runs_table.c.job_id == sa.bindparam("b_job_id"),
+                   runs_table.c.scheduled_at == sa.bindparam("b_scheduled_at"))
+            .values({name: sa.bindparam(f"b_{name}") for name in self._FINISH_COLUMNS})
+        )
+        params = [{f"b_{k}": v for k, v in r.items() if k != "_claimed"} for r in rows]
+        return conn.execute(statement, params).rowcount
+
+    def abandon_running(self, host: str, pid: int) -> int:
+        """Runs left "running" by processes other than (host, pid) will never finish: say so."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                runs_table.update()
+                .where(runs_table.c.outcome == "running", sa.not_(sa.and_(runs_table.c.host == host,
+                                                                          runs_table.c.pid == pid)))
+                .values(outcome="abandoned", exception="its process stopped before the run finished")
+            ).rowcount
+
+    def last_handled(self) -> dict[str, float]:
+        """The latest scheduled time each job has a run row for (ran, running, missed or skipped)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs_table.c.job_id, sa.func.max(runs_table.c.scheduled_at))
+                                .group_by(runs_table.c.job_id)).all()
+        return {job_id: at for job_id, at in rows}
+
+    # --- the executor lease ------------------------------------------------------------------------------------
+    def try_acquire_lease(self, holder: str, host: str, pid: int, lease_seconds: float) -> bool:
+        """Become the executing process if nobody holds a live lease. Compare-and-swap on the lease row, so two
+        processes racing for an expired lease cannot both win."""
+        now = time.time()
+        table = leader_table
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(table.c.holder, table.c.heartbeat_at)
+                                   .where(table.c.name == LEASE_NAME)).first()
+                if row is None:
+                    conn.execute(table.insert().values(name=LEASE_NAME, holder=holder, host=host, pid=pid,
+                                                       acquired_at=now, heartbeat_at=now))
+                    return True
+                if row.holder == holder:
+                    return self._renew(conn, holder, now)
+                if row.heartbeat_at >= now - lease_seconds:
+                    return False
+                result = conn.execute(
+                    table.update()
+                    .where(table.c.name == LEASE_NAME, table.c.holder == row.holder,
+                           table.c.heartbeat_at == row.heartbeat_at)
+                    .values(holder=holder, host=host, pid=pid, acquired_at=now, heartbeat_at=now)
+                )
+                return result.rowcount == 1
+        except IntegrityError:
+            return False
+
+    def _renew(self, conn: sa.Connection, holder: str, now: float) -> bool:
+        result = conn.execute(leader_table.update()
+                              .where(leader_table.c.name == LEASE_NAME, leader_table.c.holder == holder)
+                              .values(heartbeat_at=now))
+        return result.rowcount == 1
+
+    def renew_lease(self, holder: str) -> bool:
+        """Keep the lease. False if another process holds it now (this one must stop executing)."""
+        with self.engine.begin() as conn:
+            return self._renew(conn, holder, time.time())
+
+    def release_lease(self, holder: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leader_table.delete().where(leader_table.c.name == LEASE_NAME,
+                                                     leader_table.c.holder == holder))
+
+    def lease_holder(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(leader_table).where(leader_table.c.name == LEASE_NAME)).mappings().first()
+        return dict(row) if row else None
 
     def runs_page(
         self, job_id: str | None = None, page: int = 1, per_page: int = 50, outcome: str | None = None
@@ -383,3 +488,44 @@ class Store:
                         runs_table.delete().where(runs_table.c.job_id == job_id, runs_table.c.id < boundary)
                     ).rowcount
         return deleted
+
+    # --- users of the HTTP API (passwords arrive already hashed; see scheduler_core.api.auth) ----------------------
+    def get_user(self, username: str) -> tuple[str, str] | None:
+        """(username, password_hash) of `username`, or None."""
+        cols = users_table.c
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(cols.username, cols.password_hash).where(cols.username == username)).first()
+        # MariaDB's default collation compares case- and accent-insensitively: insist on the exact name.
+        return (row[0], row[1]) if row is not None and row[0] == username else None
+
+    def list_users(self) -> list[tuple[str, float]]:
+        """(username, created_at epoch) of every user, by name."""
+        cols = users_table.c
+        with self.engine.connect() as conn:
+            return [(r[0], r[1]) for r in conn.execute(sa.select(cols.username, cols.created_at).order_by(cols.username))]
+
+    def count_users(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(users_table)).scalar_one()
+
+    def add_user(self, username: str, password_hash: str) -> bool:
+        """False if the name is taken."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(users_table.insert().values(username=username, password_hash=password_hash,
+                                                         created_at=time.time()))
+        except IntegrityError:
+            return False
+        return True
+
+    def set_user_password(self, username: str, password_hash: str) -> bool:
+        """False if there is no such user."""
+        with self.engine.begin() as conn:
+            result = conn.execute(users_table.update().where(users_table.c.username == username)
+                                  .values(password_hash=password_hash))
+            return bool(result.rowcount)
+
+    def remove_user(self, username: str) -> bool:
+        """False if there was no such user."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(users_table.delete().where(users_table.c.username == username)).rowcount)
