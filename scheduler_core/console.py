@@ -123,6 +123,7 @@ class Console:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
+        self._specs: dict[str, tuple[int, str, JobSpec | None]] = {}  # id -> (seq, json, parsed): parse once
 
     @property
     def timezone(self) -> str:
@@ -291,12 +292,19 @@ class Console:
         self._views[job.id] = (key, view)
         return view
 
-    def _view_of_row(self, row: JobRow) -> JobView:
-        spec: JobSpec | None
+    def _spec_of_row(self, row: JobRow) -> JobSpec | None:
+        cached = self._specs.get(row.id)
+        if cached and cached[0] == row.seq and cached[1] == row.spec:
+            return cached[2]
         try:
-            spec = JobSpec.from_json(row.spec)
+            spec: JobSpec | None = JobSpec.from_json(row.spec)
         except Exception:
             spec = None
+        self._specs[row.id] = (row.seq, row.spec, spec)
+        return spec
+
+    def _view_of_row(self, row: JobRow) -> JobView:
+        spec = self._spec_of_row(row)
         broken = row.broken or self.engine.broken.get(row.id)
         state: JobState = "broken" if broken else ("paused" if row.paused else "scheduled")
         return JobView(

@@ -129,14 +129,12 @@ def test_merge_changes_flat_and_nested() -> None:
 
 # --- properties ------------------------------------------------------------------------------------------------
 
-cron_value = st.one_of(
-    st.sampled_from(["*", "*/5", "*/15", "1-5", "0,30", "10-40/10"]),
-    st.integers(0, 23).map(str),
-)
+hour_value = st.one_of(st.sampled_from(["*", "*/5", "1-5", "0,12", "8-18/2"]), st.integers(0, 23).map(str))
+minute_value = st.one_of(st.sampled_from(["*", "*/15", "0,30", "10-40/10"]), st.integers(0, 59).map(str))
 trigger_specs = st.one_of(
     st.builds(lambda s: {"type": "interval", "seconds": s}, st.integers(1, 86_400)),
     st.builds(lambda h, m: {"type": "interval", "hours": h, "minutes": m}, st.integers(0, 48), st.integers(1, 59)),
-    st.builds(lambda h, m: {"type": "cron", "hour": h, "minute": m}, cron_value, cron_value),
+    st.builds(lambda h, m: {"type": "cron", "hour": h, "minute": m}, hour_value, minute_value),
     st.builds(
         lambda d: {"type": "date", "run_date": (datetime(2030, 1, 1, tzinfo=timezone.utc) + timedelta(days=d)).isoformat()},
         st.integers(0, 3650),
