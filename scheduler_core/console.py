@@ -13,10 +13,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from . import cron
 from .describe import describe_trigger
-from .engine import Engine, coerce_spec
-from .errors import JobNotFound, SpecError
+from .engine import Engine
+from .errors import SpecError
 from .events import Subscription
-from .spec import JobSpec, build_trigger, merge_changes, parse_spec
+from .spec import JobSpec, build_trigger, coerce_spec, merge_changes, parse_spec
 from .store import JobRow, from_epoch, redact_url
 
 JobState = Literal["scheduled", "paused", "running", "broken"]
@@ -181,10 +181,7 @@ class Console:
 
     def resume_job(self, job_id: str) -> JobView:
         self.engine.set_paused(job_id, False)
-        try:
-            return self.get_job(job_id)
-        except JobNotFound:
-            raise
+        return self.get_job(job_id)
 
     def run_job(self, job_id: str) -> None:
         """Run once now. Here if this process executes; otherwise the executing process does, within a poll."""

@@ -31,7 +31,7 @@ from .events import EVENT_NAMES, EventBus, SchedulerEvent
 from .executor import ClaimingExecutor
 from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
 from .jobstore import SpecJob, SpecJobStore
-from .spec import JobSpec, build_trigger, from_flat, parse_spec
+from .spec import JobSpec, build_trigger, from_flat
 from .store import JobRow, Store, from_epoch, to_epoch
 
 log = logging.getLogger(__name__)
@@ -523,11 +523,3 @@ def _same_schedule(old_spec_json: str, new: JobSpec) -> bool:
     keys = ("trigger", "timezone", "start_date", "end_date", "jitter")
     return all(getattr(old, k) == getattr(new, k) for k in keys)
 
-
-def coerce_spec(data: JobSpec | dict[str, Any]) -> JobSpec:
-    """Accept a JobSpec, our nested spec dict, or Flask-APScheduler's flat dict."""
-    if isinstance(data, JobSpec):
-        return data
-    if isinstance(data, dict) and ("func" in data or not isinstance(data.get("trigger", {}), dict)):
-        return from_flat(data)
-    return parse_spec(data)

@@ -375,3 +375,12 @@ def merge_changes(current: JobSpec, changes: dict[str, Any]) -> JobSpec:
         for name in _FLAT_TRIGGER_FIELDS[base["trigger"]]:
             base.pop(name, None)
     return from_flat({**base, **changes})
+
+
+def coerce_spec(data: JobSpec | dict[str, Any]) -> JobSpec:
+    """A JobSpec from a JobSpec, our nested shape, or Flask-APScheduler's flat one."""
+    if isinstance(data, JobSpec):
+        return data
+    if isinstance(data, dict) and _is_flat(data):
+        return from_flat(data)
+    return parse_spec(data)
