@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument("--allowed-hosts", metavar="HOSTS", help="comma-separated hosts that may execute jobs")
     parser.add_argument("--headless", action="store_true", help="run the scheduler as a daemon, without the console")
-    parser.add_argument("--http", metavar="HOST:PORT", help="also serve the Flask-APScheduler-compatible HTTP API")
+    parser.add_argument("--http", metavar="[HOST:]PORT",
+                        help="also serve the Flask-APScheduler-compatible HTTP API (host default 127.0.0.1; "
+                        "needs a user: see `carnation users add`)")
+    parser.add_argument("--http-insecure-no-auth", action="store_true",
+                        help="DANGEROUS: serve the HTTP API WITHOUT AUTHENTICATION (anyone who can connect can run "
+                        "commands as this user); also allows a non-loopback --http address without auth")
     parser.add_argument("--theme", help="console theme (a Textual theme name)")
 
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -83,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-")
     p = sub.add_parser("import", help="add or replace jobs from an export")
     p.add_argument("file")
+
+    users = sub.add_parser("users", help="users of the HTTP API (passwords are stored argon2-hashed)")
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    for action, text in (("add", "add a user (asks for the password)"), ("passwd", "change a user's password")):
+        p = users_sub.add_parser(action, help=text)
+        p.add_argument("username")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p = users_sub.add_parser("remove", help="remove a user (their tokens stop working at once)")
+    p.add_argument("username")
+    p = users_sub.add_parser("list", help="list users")
+    p.add_argument("--json", action="store_true")
     return parser
 
 
@@ -123,7 +139,7 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, default=_json_default, indent=2))
 
 
-def run_headless(settings: Settings, http: str | None = None) -> int:
+def run_headless(settings: Settings, http: str | None = None, insecure_no_auth: bool = False) -> int:
     from .console import Console
     from .engine import Engine
     from .logs import setup_logging
@@ -142,11 +158,11 @@ def run_headless(settings: Settings, http: str | None = None) -> int:
     log.info("carnation headless on %s (%s), log file %s", engine.store.url and Console(engine).status().database,
              "executing" if engine.executing else "standing by", log_file)
     server = None
-    if http:
-        from .api_server import serve_in_thread  # optional extra: fastapi + uvicorn
-
-        server = serve_in_thread(Console(engine), http, settings)
     try:
+        if http:
+            from .api.server import serve_in_thread  # optional extra: fastapi + uvicorn
+
+            server = serve_in_thread(Console(engine), http, settings, insecure_no_auth=insecure_no_auth)
         while not stop.wait(1.0):
             pass
     finally:
@@ -155,6 +171,49 @@ def run_headless(settings: Settings, http: str | None = None) -> int:
         finished = engine.stop()
         log.info("stopped%s", "" if finished else " (some runs were still going)")
     return 0
+
+
+def run_users(args: argparse.Namespace, settings: Settings) -> int:
+    """`carnation users …`: needs only the store, not an engine."""
+    from .api.auth import UserAdmin  # optional extra: argon2-cffi
+    from .store import Store
+
+    store = Store(settings.db_url)
+    try:
+        store.migrate()
+        admin = UserAdmin(store)
+        action = args.users_command
+        if action == "list":
+            users = admin.list()
+            if args.json:
+                _print_json([asdict(u) for u in users])
+            else:
+                for u in users:
+                    print(f"{u.username}\t{u.created_at.isoformat(timespec='seconds')}")
+            return 0
+        if action == "remove":
+            print(f"removed user {admin.remove(args.username)}")
+            return 0
+        password = _read_password(args.password_stdin)
+        if action == "add":
+            print(f"added user {admin.add(args.username, password)}")
+        else:
+            print(f"changed the password of {admin.set_password(args.username, password)}")
+        return 0
+    finally:
+        store.close()
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Password again: ") != first:
+        raise SpecError("the two passwords differ", field="password")
+    return first
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -262,8 +321,14 @@ def main(argv: Sequence[str] | None = None, *, open_console: Any = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
+        if args.http_insecure_no_auth and not args.http:
+            raise SpecError("--http-insecure-no-auth only makes sense with --http", field="http")
         if args.headless:
-            return run_headless(settings, args.http)
+            return run_headless(settings, args.http, args.http_insecure_no_auth)
+        if args.command and args.http:
+            raise SpecError("--http serves the API from --headless or the console, not from a command", field="http")
+        if args.command == "users":
+            return run_users(args, settings)
         if args.command:
             return run_command(args, settings)
         if open_console is None:

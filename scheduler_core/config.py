@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"], description="hosts that may execute jobs")
     shutdown_timeout: float = Field(30, ge=0, description="seconds to wait for running jobs on shutdown")
     lease_seconds: float = Field(8, gt=1, description="a dead executor is replaced within this many seconds")
-    poll_interval: float = Field(0.5, gt=0, description="seconds between checks for changes made by other processes")
+    poll_interval: float = Field(0.25, gt=0, description="seconds between checks for changes made by other processes")
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="predefined jobs (Flask-APScheduler JOBS)")
 
     # Where this came from; not a setting itself.

@@ -17,6 +17,8 @@ from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 
+from .kinds import running
+
 log = logging.getLogger(__name__)
 
 Claim = Callable[[str, datetime], bool]
@@ -62,6 +64,8 @@ class ClaimingExecutor(ThreadPoolExecutor):
                 log.error("cannot claim run of %s at %s: %s", job.id, run_time, exc)
                 events.append(UnclaimedRunEvent(EVENT_JOB_ERROR, job.id, job._jobstore_alias, run_time,
                                                 exception=ClaimFailed(f"not run: database unavailable ({exc})")))
-        if claimed:
-            events.extend(run_job(job, job._jobstore_alias, claimed, self._logger.name))
+        for run_time in claimed:
+            # One at a time, so the job can tell which run it is (kinds.current_run).
+            with running(job.id, run_time):
+                events.extend(run_job(job, job._jobstore_alias, [run_time], self._logger.name))
         return events

@@ -187,8 +187,10 @@ class Authenticator:
 
     def verify_token(self, token: str) -> str | None:
         """The user's name if `token` is valid, unexpired and their password has not changed since, else None."""
+        if len(token) > 2000 or not token.isascii():
+            return None
         parts = token.split(".")
-        if len(parts) != 3 or parts[0] != "v1" or len(token) > 2000:
+        if len(parts) != 3 or parts[0] != "v1":
             return None
         if not hmac.compare_digest(self._sign(f"v1.{parts[1]}"), parts[2]):
             return None

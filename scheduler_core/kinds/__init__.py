@@ -8,6 +8,9 @@ carry everything the history needs (timing, output tail, exit code or HTTP statu
 from __future__ import annotations
 
 import traceback as _traceback
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,23 @@ class JobFailed(Exception):
 
 def _rebuild_job_failed(message: str, result: RunResult, timed_out: bool, traceback: str | None) -> JobFailed:
     return JobFailed(message, result, timed_out=timed_out, traceback=traceback)
+
+
+_current = threading.local()
+
+
+def current_run() -> tuple[str, datetime] | None:
+    """(job id, scheduled time) of the run going on in this thread, for jobs that want to know which run they are."""
+    return getattr(_current, "run", None)
+
+
+@contextmanager
+def running(job_id: str, scheduled_at: datetime) -> Iterator[None]:
+    _current.run = (job_id, scheduled_at)
+    try:
+        yield
+    finally:
+        _current.run = None
 
 
 def utcnow() -> datetime:
@@ -105,7 +125,9 @@ __all__ = [
     "RETURN_VALUE_CHARS",
     "JobFailed",
     "RunResult",
+    "current_run",
     "execute",
+    "running",
     "prepare",
     "tail",
     "utcnow",

@@ -12,7 +12,7 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import OUTPUT_TAIL_CHARS, JobFailed, RunResult
+from . import OUTPUT_TAIL_CHARS, JobFailed, RunResult, current_run
 
 if TYPE_CHECKING:
     from ..spec import JobSpec
@@ -41,8 +41,13 @@ def command_line(spec: JobSpec) -> str:
 
 
 def environment(spec: JobSpec) -> dict[str, str]:
-    """This process's environment plus spec.kwargs; non-string values are JSON-encoded (3 -> "3", true -> "true")."""
-    return {**os.environ, **{str(k): _env_value(v) for k, v in spec.kwargs.items()}}
+    """This process's environment plus spec.kwargs; non-string values are JSON-encoded (3 -> "3", true -> "true").
+    CARNATION_JOB_ID and CARNATION_SCHEDULED_AT (ISO 8601) say which run this is."""
+    env = {**os.environ, **{str(k): _env_value(v) for k, v in spec.kwargs.items()}, "CARNATION_JOB_ID": spec.id}
+    run = current_run()
+    if run is not None:
+        env["CARNATION_SCHEDULED_AT"] = run[1].isoformat()
+    return env
 
 
 class _Tail:

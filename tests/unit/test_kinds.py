@@ -430,3 +430,14 @@ def test_job_failed_survives_pickling() -> None:
 def test_spec_round_trips_through_pickle_for_job_stores() -> None:
     spec = sh("echo hi", timeout=1)
     assert execute(pickle.loads(pickle.dumps(spec))).output == "hi\n"
+
+
+def test_shell_job_knows_which_run_it_is() -> None:
+    from datetime import datetime, timezone
+
+    from scheduler_core.kinds import running
+
+    spec = JobSpec(id="which", kind="shell", target='echo "$CARNATION_JOB_ID $CARNATION_SCHEDULED_AT"')
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    with running("which", at):
+        assert execute(spec).output == "which 2030-01-02T03:04:05+00:00\n"
