@@ -367,7 +367,7 @@ class Store:
                 runs_table.update()
                 .where(runs_table.c.outcome == "running", sa.not_(sa.and_(runs_table.c.host == host,
                                                                           runs_table.c.pid == pid)))
-                .values(outcome="abandoned", exception="its process stopped before the run finished")
+                .values(outcome="abandoned", exception="its process stopped before the outcome was recorded")
             ).rowcount
 
     def last_handled(self) -> dict[str, float]:
