@@ -57,6 +57,7 @@ class Engine:
         self.executing = False
         self._scheduler_started = False
         self._last_renewal = 0.0
+        self._next_prune = 0.0
         self.started = False
         self.broken: dict[str, str] = {}  # job id -> why its row cannot be scheduled
         self.last_runs: dict[str, dict[str, Any]] = {}
@@ -427,6 +428,7 @@ class Engine:
                 self.apply_external_changes()
                 if self.executing:
                     self._run_requested()
+                    self._prune_history_when_due()
                 if self.db_error:
                     self._publish("database", message="database reachable again")
                     self.db_error = None
@@ -462,6 +464,19 @@ class Engine:
                     continue
                 self._put_in_memory(new_job, aps.EVENT_JOB_ADDED if job is None else aps.EVENT_JOB_MODIFIED)
         return True
+
+    PRUNE_EVERY = 600.0
+
+    def _prune_history_when_due(self) -> None:
+        """Apply history retention (only the executor does, so processes don't race over the same rows)."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.PRUNE_EVERY
+        max_age = self.settings.history_max_age_days
+        deleted = self.store.prune_runs(self.settings.history_keep_per_job,
+                                        max_age * 86400 if max_age is not None else None)
+        if deleted:
+            log.info("history retention removed %d old run(s)", deleted)
 
     def _run_requested(self) -> None:
         for job_id in self.store.take_run_requests():

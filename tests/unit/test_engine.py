@@ -296,3 +296,17 @@ def test_runs_table_has_unique_job_scheduled_key(engine: Engine) -> None:
     uniques = inspector.get_unique_constraints(runs_table.name) + [
         i for i in inspector.get_indexes(runs_table.name) if i.get("unique")]
     assert any(set(u["column_names"]) == {"job_id", "scheduled_at"} for u in uniques)
+
+
+def test_executor_applies_retention(make_settings, sqlite_url: str) -> None:
+    from scheduler_core.history import run_row
+
+    engine = Engine(make_settings(sqlite_url, history_keep_per_job=3, poll_interval=0.05))
+    engine.store.migrate()
+    now = datetime.now(timezone.utc)
+    engine.store.insert_runs([run_row("old", now - timedelta(minutes=i), "success") for i in range(10)])
+    engine.start()
+    try:
+        wait_for(lambda: engine.store.count_runs() == 3, message="retention to prune to 3 runs")
+    finally:
+        engine.stop()
