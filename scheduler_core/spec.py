@@ -212,6 +212,18 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "spec"
 
 
+_FRIENDLY = {
+    "extra_forbidden": "unknown field",
+    "missing": "is required",
+    "string_too_short": "is required",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_type": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+}
+
+
 def _errors_of(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     errors: list[FieldError] = []
     for err in exc.errors():
@@ -222,11 +234,9 @@ def _errors_of(exc: ValidationError, prefix: str = "") -> list[FieldError]:
                 name = f"{base}.{inner.field}" if base and base != "spec" else inner.field
                 errors.append(FieldError(prefix + name, inner.reason))
             continue
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field"
-        elif err["type"] == "missing":
-            message = "is required"
+        message = _FRIENDLY.get(err["type"], err["msg"].removeprefix("Value error, "))
+        if err["type"] == "string_pattern_mismatch" and err["loc"] == ("id",):
+            message = "may not contain spaces, /, ? or #"
         errors.append(FieldError(prefix + _field_name(err["loc"]), message))
     return errors
 

@@ -51,7 +51,7 @@ BASE = {"id": "j", "target": "tests.sample_jobs:add"}
         ({**BASE, "misfire_grace_time": 0}, "misfire_grace_time", "greater than 0"),
         ({**BASE, "surprise": 1}, "surprise", "unknown field"),
         ({"target": "m:f"}, "id", "required"),
-        ({**BASE, "id": "has space"}, "id", "pattern"),
+        ({**BASE, "id": "has space"}, "id", "may not contain spaces"),
         ({**BASE, "target": "nocolon"}, "target", "module:function"),
         ({**BASE, "kind": "http", "target": "ftp://x"}, "target", "http://"),
         ({**BASE, "method": "POST"}, "method", "http jobs only"),
