@@ -536,13 +536,17 @@ class _BearerDoc(HTTPBearer):
         return None
 
 
+_BASIC_DOC = _BasicDoc(scheme_name="basicAuth", auto_error=False)
+_BEARER_DOC = _BearerDoc(scheme_name="bearerAuth", auto_error=False)
+
+
 class Auth:
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
     def require_user(
-        self, request: Request, _basic: None = Security(_BasicDoc(auto_error=False)),
-        _bearer: None = Security(_BearerDoc(auto_error=False)),
+        self, request: Request, _basic: None = Security(_BASIC_DOC),
+        _bearer: None = Security(_BEARER_DOC),
     ) -> str:
         """Basic credentials or a bearer token; 401 with a challenge otherwise. Sync: argon2 runs in the pool."""
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
@@ -550,22 +554,23 @@ class Auth:
         if scheme == "bearer":
             user = self.authenticator.verify_token(credentials.strip())
             if user is None:
+                _log_refusal(request, "an invalid or expired bearer token")
                 raise ApiError(401, "invalid or expired token", {"WWW-Authenticate": BEARER_CHALLENGE})
         else:
-            user = self._basic(scheme, credentials)
+            user = self._basic(request, scheme, credentials)
         request.state.user = user
         return user
 
     def require_password(
-        self, request: Request, _basic: None = Security(_BasicDoc(auto_error=False)),
+        self, request: Request, _basic: None = Security(_BASIC_DOC),
     ) -> str:
         """Basic credentials only: a token must not buy a fresh token forever."""
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        user = self._basic(scheme.lower(), credentials)
+        user = self._basic(request, scheme.lower(), credentials)
         request.state.user = user
         return user
 
-    def _basic(self, scheme: str, credentials: str) -> str:
+    def _basic(self, request: Request, scheme: str, credentials: str) -> str:
         if scheme != "basic":
             raise ApiError(401, "authentication required: HTTP Basic credentials or a bearer token",
                            {"WWW-Authenticate": BASIC_CHALLENGE})
@@ -580,8 +585,15 @@ class Auth:
         username, colon, password = text.partition(":")
         user = self.authenticator.verify_password(username, password) if colon else None
         if user is None:
+            _log_refusal(request, f"a wrong password or unknown user name {username[:150]!r}")
             raise ApiError(401, "invalid user name or password", {"WWW-Authenticate": BASIC_CHALLENGE})
         return user
+
+
+def _log_refusal(request: Request, what: str) -> None:
+    # One line per refused credential, with the peer address: what an operator (or fail2ban) needs to spot guessing.
+    client = request.client.host if request.client else "?"
+    log.warning("HTTP API: refused %s from %s (%s %s)", what, client, request.method, request.url.path)
 
 
 def create_app(
@@ -790,6 +802,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobNotFound, handler(404, lambda e: f"Job {e.job_id} not found"))
     # Flask-APScheduler's sentence (api.add_job), not APScheduler's ConflictingIdError one.
     app.add_exception_handler(ConflictingId, handler(409, lambda e: f"Job {e.job_id} already exists."))
+    # A huge interval or an extreme date passes JobSpec validation but overflows datetime once the trigger computes
+    # a fire time (before anything is stored): bad input, not a server fault.
+    app.add_exception_handler(OverflowError, handler(
+        400, lambda e: "trigger: a date or interval is out of range (fire times must fall in years 1 to 9999)"))
     app.add_exception_handler(MaxInstancesReachedError, handler(409, str))
     app.add_exception_handler(NotLeader, handler(409, str))
     app.add_exception_handler(DatabaseUnavailable, database_down)
@@ -813,6 +829,17 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path in schema.get("paths", {}).values():
+        for method, operation in path.items():
+            # Input errors are 400 here, as in Flask-APScheduler; FastAPI's default 422 never happens.
+            operation.get("responses", {}).pop("422", None)
+            if method != "get":
+                operation["responses"]["403"] = {
+                    "description": "cross-origin request",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                }
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
     for name, model in _BODY_MODELS.items():
         body_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body_schema.pop("$defs", {}))

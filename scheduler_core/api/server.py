@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -92,7 +93,7 @@ def serve_in_thread(
 
     With authentication (the default) at least one user must exist (`carnation users add NAME`). insecure_no_auth
     (--http-insecure-no-auth) serves without any authentication, on any address: anyone who can connect can then run
-    commands as this process's user. Raises ApiNotStarted, SpecError (bad address) or OSError (cannot bind).
+    commands as this process's user. Raises ApiNotStarted (no users, cannot bind) or SpecError (bad address).
     """
     host, port = parse_address(address)
     loopback = is_loopback(host)
@@ -123,7 +124,6 @@ def serve_in_thread(
     except OSError as exc:
         sock.close()
         raise ApiNotStarted(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
     bound_port = sock.getsockname()[1]
 
     config = uvicorn.Config(
@@ -132,7 +132,7 @@ def serve_in_thread(
         lifespan="off",
         log_config=None,  # carnation's logging (file, and stderr when headless) already receives uvicorn's loggers
         access_log=True,
-        proxy_headers=False,  # X-Forwarded-For is trusted only behind a proxy the operator configures
+        proxy_headers=False,  # never trust X-Forwarded-For: logged client addresses are the real peers
         server_header=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
@@ -152,13 +152,7 @@ def serve_in_thread(
 
 
 def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout: float) -> bool:
-    done = threading.Event()
-    deadline = timeout
-    while deadline > 0:
-        if server.started:
-            return True
-        if not thread.is_alive():
-            return False
-        done.wait(0.02)
-        deadline -= 0.02
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
     return server.started
