@@ -33,6 +33,7 @@ JobKind = Literal["python", "shell", "http"]
 JOB_KINDS: tuple[str, ...] = ("python", "shell", "http")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 INTERVAL_UNITS = ("weeks", "days", "hours", "minutes", "seconds")
+MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 
 
 class _Model(BaseModel):
@@ -67,6 +68,9 @@ class IntervalTriggerSpec(_Model):
     def _positive(self) -> IntervalTriggerSpec:
         if self.total_seconds() <= 0:
             raise SpecError(FieldError("seconds", "the interval must be longer than zero"))
+        if self.total_seconds() > MAX_INTERVAL_SECONDS:
+            # Beyond this, fire-time arithmetic overflows datetime.
+            raise SpecError(FieldError("seconds", "the interval must be at most 100 years"))
         return self
 
     def total_seconds(self) -> int:
@@ -137,7 +141,7 @@ def _check_timezone(value: str | None) -> str | None:
 class JobSpec(_Model):
     """One job, as the user defined it."""
 
-    id: str = Field(min_length=1, max_length=191, pattern=r"^[^\s/?#]+$")
+    id: str = Field(min_length=1, max_length=191, pattern=r"^[^\s\x00-\x1f\x7f/?#]+$")
     name: str | None = Field(None, max_length=200)
     kind: JobKind = "python"
     # python: "module:func"; shell: a command line; http: the URL.
@@ -236,7 +240,7 @@ def _errors_of(exc: ValidationError, prefix: str = "") -> list[FieldError]:
             continue
         message = _FRIENDLY.get(err["type"], err["msg"].removeprefix("Value error, "))
         if err["type"] == "string_pattern_mismatch" and err["loc"] == ("id",):
-            message = "may not contain spaces, /, ? or #"
+            message = "may not contain spaces, control characters, /, ? or #"
         errors.append(FieldError(prefix + _field_name(err["loc"]), message))
     return errors
 

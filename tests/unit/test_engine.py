@@ -310,3 +310,18 @@ def test_executor_applies_retention(make_settings, sqlite_url: str) -> None:
         wait_for(lambda: engine.store.count_runs() == 3, message="retention to prune to 3 runs")
     finally:
         engine.stop()
+
+
+def test_ids_are_case_sensitive_and_unicode_everywhere(console: Console) -> None:
+    for job_id in ("Job1", "job1", "报表-日报"):
+        console.add_job(interval_job(job_id))
+    assert sorted(v.id for v in console.list_jobs()) == sorted(["Job1", "job1", "报表-日报"])
+
+
+def test_schema_is_at_the_newest_migration(engine: Engine) -> None:
+    from alembic.script import ScriptDirectory
+
+    from scheduler_core.migrations import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config(engine.store.engine)).get_current_head()
+    assert engine.store.schema_version() == head
