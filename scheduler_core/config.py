@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30, ge=0, description="seconds to wait for running jobs on shutdown")
     lease_seconds: float = Field(8, gt=1, description="a dead executor is replaced within this many seconds")
     poll_interval: float = Field(0.25, gt=0, description="seconds between checks for changes made by other processes")
+    python_path: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["."], description="directories python jobs are imported from (besides installed packages)")
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="predefined jobs (Flask-APScheduler JOBS)")
 
     # Where this came from; not a setting itself.
@@ -59,7 +61,7 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return level
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "python_path", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> Any:
         # CARNATION_ALLOWED_HOSTS=a,b as well as a JSON list.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -47,6 +48,11 @@ def host_allowed(allowed_hosts: list[str], host: str = HOSTNAME) -> bool:
 class Engine:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
+        for directory in reversed(settings.python_path):
+            # `module:func` references resolve against these, as gunicorn and celery do with the working directory.
+            path = os.path.abspath(directory)
+            if path not in sys.path:
+                sys.path.insert(0, path)
         self.store = store or Store(settings.db_url)
         self.events = EventBus()
         self.host = HOSTNAME

@@ -108,6 +108,10 @@ class JobFormScreen(ModalScreen[str | None]):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True, id="job_form.save"),
         Binding("escape", "cancel", "Cancel", id="job_form.cancel"),
+        # Priority: handled in key order. Otherwise Tab waits to bubble back from the focused input, and keys typed
+        # ahead (fast typing, a paste, a slow SSH link) land in the field being left.
+        Binding("tab", "app.focus_next", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", show=False, priority=True),
     ]
 
     DEFAULT_CSS = """
