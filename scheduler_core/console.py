@@ -236,7 +236,7 @@ class Console:
     # --- scheduler -----------------------------------------------------------------------------------------------
     def status(self) -> Status:
         engine = self.engine
-        views = self.list_jobs()
+        states = self._job_states()
         hour_ago = time.time() - 3600
         try:
             errors = engine.store.count_runs(since=hour_ago, outcome=("error", "timeout", "missed", "abandoned"))
@@ -250,15 +250,25 @@ class Console:
             executing=engine.executing,
             allowed_hosts=list(engine.settings.allowed_hosts),
             may_execute=engine.may_execute,
-            jobs=len(views),
-            paused=sum(v.state == "paused" for v in views),
-            broken=sum(v.state == "broken" for v in views),
+            jobs=len(states),
+            paused=sum(state == "paused" for state in states),
+            broken=sum(state == "broken" for state in states),
             running_now=engine.running_count(),
             errors_last_hour=errors,
             database_error=engine.db_error,
             timezone=self.timezone,
             executor=f"{holder['host']} pid {holder['pid']}" if holder else None,
         )
+
+    def _job_states(self) -> list[str]:
+        """Each job's paused/broken/scheduled state, without building views (cheap at 100,000 jobs)."""
+        engine = self.engine
+        if engine.executing:
+            with engine.scheduler._jobstores_lock:
+                states = ["paused" if job.next_run_time is None else "scheduled"
+                          for job, _ in engine.jobstore._jobs_index.values()]
+            return states + ["broken"] * len(engine.broken)
+        return ["broken" if row.broken else "paused" if row.paused else "scheduled" for row in engine.store.load_jobs()]
 
     def subscribe(self, maxlen: int = 10_000) -> Subscription:
         return self.engine.events.subscribe(maxlen)

@@ -7,6 +7,8 @@ read one expression differently (crontab's 0/7 = Sunday against APScheduler's 0 
 
 from __future__ import annotations
 
+import functools
+
 import re
 from datetime import datetime, tzinfo
 from itertools import groupby
@@ -216,8 +218,10 @@ def _compact(values: list[int]) -> str:
     return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in _runs(values))
 
 
+@functools.lru_cache(maxsize=4096)
 def _schedule(expression: str) -> list[dict[str, str]]:
-    """APScheduler cron fields for `expression`: one set, or two that fire on either (day OR day_of_week)."""
+    """(Cached: croniter's expansion is the costliest step of loading a stored job; callers never mutate the result.)
+    APScheduler cron fields for `expression`: one set, or two that fire on either (day OR day_of_week)."""
     fields = _split(expression)
     expanded, nth = _expand(fields)
     if any(_NEAREST_WEEKDAY.match(token) for token in fields["day"].split(",")):
@@ -279,12 +283,17 @@ def _weekday_names(crontab_days: list[int]) -> str:
 
 def check_expression(expression: str) -> list[FieldError]:
     """Why `expression` is not a crontab string this scheduler can run (5 fields, 6 with seconds first, or a macro)."""
+    return list(_check_expression(expression))
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_expression(expression: str) -> tuple[FieldError, ...]:
     try:
         schedule = _schedule(expression)
         _build(schedule, timezone="UTC", start_date=None, end_date=None, jitter=None)
     except _Refused as exc:
-        return [FieldError("expression", exc.reason)]
-    return []
+        return (FieldError("expression", exc.reason),)
+    return ()
 
 
 def expression_trigger(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -24,6 +26,7 @@ _OPTIONS = Options(locale_code="en_US", use_24hour_time_format=True, day_of_week
 _CRONTAB_WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")  # indexed by APScheduler's 0 = Monday
 
 
+@functools.lru_cache(maxsize=8192)
 def describe_trigger(
     trigger_spec: DateTriggerSpec | IntervalTriggerSpec | CronTriggerSpec, timezone: str | None = None
 ) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from rich.console import Group
 from rich.table import Table
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -40,19 +40,23 @@ class HelpScreen(ModalScreen[None]):
         self.sections = sections
 
     def compose(self) -> ComposeResult:
-        table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
-        table.add_column("key", style="bold", no_wrap=True)
-        table.add_column("what", ratio=1)
-        table.add_column("id", style="dim", no_wrap=True)
-        for title, bindings in self.sections:
-            table.add_row(Text(title, style="bold underline"), "", "")
-            for binding in bindings:
-                table.add_row(key_label(binding), binding.tooltip or binding.description or binding.action,
-                              binding.id or "")
-            table.add_row("", "", "")
         with VerticalScroll(id="help-box") as box:
             box.border_title = "Keys — Esc closes"
-            yield Static(table, id="help-table")
+            yield Static(Group(*(self._section(title, bindings) for title, bindings in self.sections)),
+                         id="help-table")
+
+    @staticmethod
+    def _section(title: str, bindings: Sequence[Binding]) -> Table:
+        # One table per section, so a section title never widens the key column.
+        table = Table(box=None, show_header=False, padding=(0, 1), expand=True, title=title,
+                      title_justify="left", title_style="bold underline")
+        table.add_column("key", style="bold", no_wrap=True, min_width=10)
+        table.add_column("what", ratio=1)
+        table.add_column("id", style="dim", no_wrap=True)
+        for binding in bindings:
+            table.add_row(key_label(binding), binding.tooltip or binding.description or binding.action,
+                          binding.id or "")
+        return table
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(None)
