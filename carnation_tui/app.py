@@ -630,9 +630,23 @@ def run_console(settings: Settings, args: argparse.Namespace | None = None) -> i
     # key press through sooner when they are busy (each asyncio select() gives the GIL away).
     sys.setswitchinterval(UI_SWITCH_INTERVAL)
     log.info("console starting on %s", redact_url(settings.db_url))
+    server = None
+    if getattr(args, "http", None):
+        from scheduler_core.api.server import serve_in_thread  # optional extra: fastapi + uvicorn
+        from scheduler_core.errors import CarnationError
+
+        try:
+            app.engine.store.migrate()  # the users table must exist before the server checks for users
+            server = serve_in_thread(Console(app.engine), args.http, settings,
+                                     insecure_no_auth=getattr(args, "http_insecure_no_auth", False))
+        except (CarnationError, OSError, ValueError) as exc:
+            print(f"carnation: {exc}", file=sys.stderr)
+            return 1
     try:
         code = app.run()
     finally:
+        if server is not None:
+            server.stop()
         # A crash skips the graceful path: still let running jobs end and history reach the database.
         if app.engine.started:
             app.engine.stop()
