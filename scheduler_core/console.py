@@ -236,8 +236,11 @@ class Console:
     # --- scheduler -----------------------------------------------------------------------------------------------
     def status(self) -> Status:
         engine = self.engine
-        states = self._job_states()
         hour_ago = time.time() - 3600
+        try:
+            states = self._job_states()
+        except Exception:  # the database is down: say so (database_error) rather than fail
+            states = []
         try:
             errors = engine.store.count_runs(since=hour_ago, outcome=("error", "timeout", "missed", "abandoned"))
             holder = engine.store.lease_holder()

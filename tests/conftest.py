@@ -44,9 +44,12 @@ def _mariadb_database() -> Iterator[str]:
         pytest.fail(f"MariaDB is not reachable on 127.0.0.1:3306 (start it; .ci/run does): {exc}")
     with conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")  # the server default charset (latin1): migrations must cope
+    conn.close()
     try:
         yield f"mysql+pymysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
     finally:
+        # A new connection: the server may have been restarted meanwhile (tests/integration/test_outage.py).
+        conn = pymysql.connect(**MARIADB_ADMIN, autocommit=True)
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.close()
