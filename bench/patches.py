@@ -20,6 +20,7 @@ benchmarks measure the engine exactly as committed.
   switch-1ms   Engine.start(): sys.setswitchinterval(0.001) (GIL hand-over within 1 ms instead of 5 ms).
   lean-poll    the poller reads jobs_seq and "any run request?" with one SELECT on one persistent AUTOCOMMIT
                connection (no checkout, pre-ping, BEGIN, ROLLBACK per poll).
+  quiet-events Engine._publish returns at once while the event bus has no subscriber.
   fast-load    start-up: one read of the jobs table instead of three, JobSpec.model_validate_json instead of
                json.loads + model_validate, and the memory store's sorted list built in one sort.
 """
@@ -166,18 +167,21 @@ def _patch_preclaim() -> None:
         # Same as SpecJobStore._write_pending, plus: the claim rows of the next runs, in the same transaction.
         with self._pending_lock:
             batch, self._pending = self._pending, {}
-            self._writing = bool(batch)
-        if not batch:
+            claim_only, self._claim_only = getattr(self, "_claim_only", {}), {}
+            self._writing = bool(batch or claim_only)
+        if not batch and not claim_only:
             return
         delete = jobstore_mod._DELETE
         changes = [(job_id, value) for job_id, value in batch.items() if value is not delete]
         deletes = [job_id for job_id, value in batch.items() if value is delete]
-        claims = [_claim_row(job_id, _dt(nrt)) for job_id, nrt in changes if nrt is not None]
+        claim_times = {**claim_only, **{job_id: nrt for job_id, nrt in changes}}
+        claims = [_claim_row(job_id, _dt(nrt)) for job_id, nrt in claim_times.items() if nrt is not None]
         for row in claims:
             row["outcome"] = "scheduled"
             row["started_at"] = None
         try:
-            self.store.write_next_run_times(changes, deletes)
+            if changes or deletes:
+                self.store.write_next_run_times(changes, deletes)
             committed: list[tuple[str, float]] = []
             if claims:
                 try:
@@ -195,6 +199,8 @@ def _patch_preclaim() -> None:
             with self._pending_lock:
                 for job_id, value in batch.items():
                     self._pending.setdefault(job_id, value)
+                for job_id, value in claim_only.items():
+                    self._claim_only.setdefault(job_id, value)
             raise
         finally:
             self._writing = False
@@ -202,13 +208,17 @@ def _patch_preclaim() -> None:
     original_load = jobstore_mod.SpecJobStore.load
 
     def load(self: Any, jobs: list[Any]) -> None:
-        # Jobs read at start-up get their next run's claim written ahead too.
+        # Jobs read at start-up get their next run's claim written ahead too (their next run time is already
+        # stored: only the claim rows are written).
         original_load(self, jobs)
         from scheduler_core.store import to_epoch
 
-        for job in jobs:
-            if job.next_run_time is not None:
-                self._queue(job.id, to_epoch(job.next_run_time))
+        with self._pending_lock:
+            pending = self.__dict__.setdefault("_claim_only", {})
+            for job in jobs:
+                if job.next_run_time is not None:
+                    pending[job.id] = to_epoch(job.next_run_time)
+        self._wake.set()
 
     engine_mod.Engine.__init__ = __init__
     engine_mod.Engine._claim = _claim
@@ -403,3 +413,19 @@ def _patch_lean_poll() -> None:
 
     store_mod.Store.jobs_seq = jobs_seq
     store_mod.Store.take_run_requests = take_run_requests
+
+
+def _patch_quiet_events() -> None:
+    """Engine._publish builds no SchedulerEvent while nobody subscribes to the event bus (a headless daemon):
+    the loop thread stops paying datetime.now() + a dataclass per submitted run."""
+    from scheduler_core import engine as engine_mod
+
+    original = engine_mod.Engine._publish
+
+    def _publish(self: Any, *args: Any, **kwargs: Any) -> None:
+        bus = self.events
+        if not bus._subscriptions and not bus._callbacks:
+            return
+        original(self, *args, **kwargs)
+
+    engine_mod.Engine._publish = _publish

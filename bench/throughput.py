@@ -2,8 +2,9 @@
 
 N one-off jobs (date trigger, no-op) all due at the same moment; both sides use 10 worker threads and a misfire
 grace time of an hour, so nothing is skipped. Measured from the scheduled time to the moment the N-th outcome is
-known (carnation: its event bus reports the N-th executed/error/missed; bare: an EVENT_JOB_EXECUTED listener
-counts to N). For carnation also the time until all history rows are durable (engine.flush()), and the rows are
+known: an APScheduler listener (EVENT_JOB_EXECUTED/ERROR/MISSED) counts to N, on both sides (on carnation it is
+added to engine.scheduler; subscribing to carnation's event bus instead would make it build events that a headless
+daemon with no console attached does not). For carnation also the time until all history rows are durable (engine.flush()), and the rows are
 counted afterwards: every run must have its row, none missing, none "running".
 
 Target: carnation >= 0.8 x bare (MemoryJobStore) completions per second.
@@ -31,6 +32,7 @@ from bench.common import (
     carnation_specs,
     child_main,
     common_args,
+    cpu_by_thread,
     cpu_seconds,
     database,
     fmt,
@@ -42,6 +44,7 @@ from bench.common import (
     ratio,
     run_child,
     table,
+    thread_cpu,
     verdict,
 )
 
@@ -78,8 +81,11 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
         settings = load_settings(None, db_url=p["url"], log_dir=str(Path(p["tmp"]) / "log"), timezone="UTC",
                                  workers=workers, misfire_grace_time=3600)
         engine = Engine(settings)
-        kinds = {"executed": "executed", "error": "errors", "missed": "missed"}
-        engine.events.on_event(lambda e: count(kinds[e.kind]) if e.kind in kinds else None)
+        # Counted by an APScheduler listener, exactly as on the bare side: subscribing to carnation's event bus would
+        # make it publish events that a headless daemon with no console attached does not build.
+        names = {aps.EVENT_JOB_EXECUTED: "executed", aps.EVENT_JOB_ERROR: "errors", aps.EVENT_JOB_MISSED: "missed"}
+        engine.scheduler.add_listener(lambda e: count(names[e.code]),
+                                      aps.EVENT_JOB_EXECUTED | aps.EVENT_JOB_ERROR | aps.EVENT_JOB_MISSED)
         engine.start()
     else:
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -108,9 +114,9 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.001)
     if sampler:
         sampler.start()
-    cpu0 = cpu_seconds()
+    cpu0, threads0 = cpu_seconds(), thread_cpu()
     finished = done.wait(p["timeout"])
-    cpu1 = cpu_seconds()
+    cpu1, threads1 = cpu_seconds(), thread_cpu()
     if sampler:
         sampler.stop()
         Path(p["profile"]).write_text(sampler.text())
@@ -118,6 +124,7 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "contender": contender, "n": n, "finished": finished, **counts, "elapsed_s": elapsed,
         "per_s": sum(counts.values()) / elapsed if elapsed > 0 else None, "cpu_s": cpu1 - cpu0,
+        "cpu_by_thread": cpu_by_thread(threads0, threads1, elapsed),
     }
     if engine is not None:
         import sqlalchemy as sa
@@ -210,6 +217,8 @@ def _line(res: dict[str, Any]) -> str:
     if "durable_s" in res:
         text += (f"; history durable after {res['durable_s']:.2f} s ({fmt(res['durable_per_s'], 0)}/s), rows "
                  f"{res['history_by_outcome']}")
+    if res.get("cpu_by_thread"):
+        text += "\n      % of a core by thread: " + ", ".join(f"{k} {v:g}" for k, v in res["cpu_by_thread"].items())
     if not res.get("finished", True):
         text += "  (DID NOT FINISH)"
     if res.get("stderr"):
