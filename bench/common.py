@@ -180,16 +180,25 @@ def hard_exit_after(seconds: float, code: int = 0) -> None:
     """Make sure a child ends even if a scheduler's shutdown blocks (a lagging loop thread is joined on shutdown)."""
     import threading
 
-    timer = threading.Timer(seconds, lambda: os._exit(code))
+    def bail() -> None:
+        if _CHILD_TMP is not None:
+            shutil.rmtree(_CHILD_TMP, ignore_errors=True)
+        os._exit(code)
+
+    timer = threading.Timer(seconds, bail)
     timer.daemon = True
     timer.start()
+
+
+_CHILD_TMP: Path | None = None
 
 
 def child_main(run: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
     """If this process was started as a child, run it and return True."""
     if len(sys.argv) >= 3 and sys.argv[1] == "--child":
         params = json.loads(sys.argv[2])
-        tmp = Path(tempfile.mkdtemp(prefix="carnation-bench-child-"))
+        global _CHILD_TMP
+        tmp = _CHILD_TMP = Path(tempfile.mkdtemp(prefix="carnation-bench-child-"))
         try:
             isolate_environment(tmp)
             quiet_logging()
@@ -384,7 +393,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 def summary_ms(values_s: Iterable[float]) -> dict[str, float | None]:
     values = sorted(v * 1000 for v in values_s)
-    return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": values[-1] if values else None,
+    return {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
+            "max": values[-1] if values else None,
             "n": len(values)}
 
 

@@ -254,7 +254,7 @@ def _line(res: dict[str, Any]) -> str:
     if "error" in res:
         return f"ERROR {res['error']} {res.get('stderr', '')[-600:]}"
     late = res["late"]
-    text = (f"p50 {fmt(late['p50'], 2)}  p99 {fmt(late['p99'], 2)}  max {fmt(late['max'], 1)} ms  "
+    text = (f"p50 {fmt(late['p50'], 2)}  p90 {fmt(late.get('p90'), 2)}  p99 {fmt(late['p99'], 2)}  max {fmt(late['max'], 1)} ms  "
             f"ran {res['executed']:,}/{res['expected']:,}  missed {res['missed']:,}  not run {res['not_run']:,}  "
             f"cpu {res['cpu_pct']:.0f}%  setup {res['setup_s']:.1f} s")
     if res.get("cpu_by_thread"):
@@ -266,6 +266,10 @@ def _line(res: dict[str, Any]) -> str:
     if res.get("stderr"):
         text += f"\n      stderr: {res['stderr'][-400:]}"
     return text
+
+
+def _count(value: float | None) -> str:
+    return fmt(None if value is None else round(value))
 
 
 def _median(results: list[dict[str, Any]], *path: str) -> float | None:
@@ -293,9 +297,10 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                 rs = base[c]
                 rows.append([
                     f"{n:,}", db if c != "bare-memory" else f"({db} run)", c,
-                    fmt(_median(rs, "late", "p50"), 2), fmt(p99[c], 2), fmt(_median(rs, "late", "max"), 1),
-                    f"{fmt(_median(rs, 'executed'))}/{fmt(_median(rs, 'expected'))}",
-                    _median(rs, "missed"), _median(rs, "not_run"), fmt(_median(rs, "cpu_pct"), 0),
+                    fmt(_median(rs, "late", "p50"), 2), fmt(_median(rs, "late", "p90"), 2), fmt(p99[c], 2),
+                    fmt(_median(rs, "late", "max"), 1),
+                    f"{_count(_median(rs, 'executed'))}/{_count(_median(rs, 'expected'))}",
+                    _count(_median(rs, "missed")), _count(_median(rs, "not_run")), fmt(_median(rs, "cpu_pct"), 0),
                     fmt(ratio(p99[c], p99.get("bare-memory")), 2) if c != "bare-memory" else "1.00",
                 ])
             if n >= 1000 and "carnation" in contenders:
@@ -314,12 +319,12 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                     good = p99["carnation"] is not None and (sa_p99 is None or p99["carnation"] < sa_p99
                                                               or car_ok > sa_ok * 1.05)
                     ok = ok and good
-                    notes.append(f"vs bare-sqlalchemy p99 {fmt(sa_p99, 2)} ms, ran {fmt(car_ok)} vs {fmt(sa_ok)}")
+                    notes.append(f"vs bare-sqlalchemy p99 {fmt(sa_p99, 2)} ms, ran {_count(car_ok)} vs {_count(sa_ok)}")
                 exp = _median(car, "expected") or 0
                 if car and _median(car, "executed") != exp:
-                    notes.append(f"carnation ran {fmt(_median(car, 'executed'))} of {fmt(exp)}")
+                    notes.append(f"carnation ran {_count(_median(car, 'executed'))} of {_count(exp)}")
                 verdicts.append(verdict(ok, f"{n:,} jobs on {db}: " + "; ".join(notes)))
-    out = table(["jobs", "db", "contender", "p50 ms", "p99 ms", "max ms", "ran/expected", "missed", "not run",
+    out = table(["jobs", "db", "contender", "p50 ms", "p90 ms", "p99 ms", "max ms", "ran/expected", "missed", "not run",
                  "cpu %", "p99/mem"], rows)
     return out + "\n\n" + "\n".join(verdicts)
 
