@@ -60,7 +60,9 @@ def test_mariadb_restart_mid_run(mariadb_url: str, tmp_path: Path, make_settings
         wait_for(lambda: not mariadb_alive(), timeout=30, interval=0.1, message="MariaDB to stop")
         wait_for(lambda: console_engine.db_error, timeout=10, message="the console to notice the outage")
         assert Console(console_engine).status().database_error  # what the TUI's banner shows
-        time.sleep(2)  # runs come due while the database is down
+        # Runs come due while the database is down: wait until the daemon has refused one it could not claim.
+        wait_for(lambda: "cannot claim run" in (tmp_path / "proc-0.err").read_text(errors="replace"), timeout=20,
+                 message="a run to come due during the outage")
         start_mariadb()
         restarted = time.time()
 
