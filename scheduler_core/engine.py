@@ -14,10 +14,12 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatch
 from typing import Any
 
+import sqlalchemy as sa
 from apscheduler import events as aps
 from apscheduler.events import JobSubmissionEvent
 from apscheduler.executors.base import MaxInstancesReachedError
@@ -29,11 +31,11 @@ from . import kinds
 from .config import Settings
 from .errors import ConflictingId, FieldError, JobNotFound, NotLeader, SpecError
 from .events import EVENT_NAMES, EventBus, SchedulerEvent
-from .executor import ClaimingExecutor
+from .executor import ClaimFailed, ClaimingExecutor
 from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
 from .jobstore import SpecJob, SpecJobStore
 from .spec import JobSpec, build_trigger, from_flat
-from .store import JobRow, Store, from_epoch, to_epoch
+from .store import JobRow, Store, from_epoch, jobs_table, to_epoch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Engine:
         self._scheduler_started = False
         self._last_renewal = 0.0
         self._next_prune = 0.0
+        self._pruner: threading.Thread | None = None
         self.started = False
         self.broken: dict[str, str] = {}  # job id -> why its row cannot be scheduled
         self.last_runs: dict[str, dict[str, Any]] = {}
@@ -74,7 +77,9 @@ class Engine:
         self._lock = threading.RLock()  # serialises this process's edits against the change poller
         self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem)
         self.jobstore = SpecJobStore(self.store)
-        self.executor = ClaimingExecutor(settings.workers, self._claim)
+        self.jobstore.is_recorded = lambda job_id, at: self.history.recorded_until.get(job_id, -1.0) >= at
+        self.executor = ClaimingExecutor(settings.workers, self._claim, on_start=self._run_started)
+        self._manual_runs: set[tuple[str, float]] = set()  # run-now runs: claimed by a "running" row
         self.scheduler = BackgroundScheduler(
             jobstores={"default": self.jobstore},
             executors={"default": self.executor},
@@ -96,10 +101,11 @@ class Engine:
         self.last_runs = self.store.last_runs()
         self.history.start()
         self._seen_seq = self.store.jobs_seq()
-        self._load_broken_only()
         self.wants_to_execute = execute and self.may_execute
         if self.wants_to_execute:
             self._try_take_over()
+        if not self.executing:
+            self._load_broken_only(self.store.load_jobs(jobs_table.c.broken.is_not(None)))
         self.started = True
         self._poller = threading.Thread(target=self._poll_loop, name="carnation-poller", daemon=True)
         self._poller.start()
@@ -132,7 +138,11 @@ class Engine:
             finished = self.running_count() == 0
             if not finished:
                 log.warning("shutting down with %d run(s) still going", self.running_count())
-            if was_executing:
+            recorded = self.history.flush()
+            if was_executing and finished and recorded:
+                # Everything this process started is in the history, so a successor may start at once and run
+                # what was claimed but not started. Otherwise the lease expires and the successor treats claimed
+                # runs as possibly started.
                 self._release_lease()
         self.history.stop()
         self.started = False
@@ -140,18 +150,33 @@ class Engine:
 
     # --- the executor role: one process per database ----------------------------------------------------------
     def _try_take_over(self) -> bool:
-        if not self.store.try_acquire_lease(self.holder, self.host, self.pid, self.settings.lease_seconds):
+        attempt = time.monotonic()
+        grant = self.store.try_acquire_lease(self.holder, self.host, self.pid, self.settings.lease_seconds)
+        if grant is None:
             return False
-        self._last_renewal = time.monotonic()
+        self._last_renewal = attempt
+        # The previous executor stopped starting runs by this time (it steps down 0.75 x lease after its last
+        # heartbeat); None when it released the lease after recording everything it ran.
+        started_by = (None if grant.previous_heartbeat is None
+                      else grant.previous_heartbeat + 0.75 * self.settings.lease_seconds)
         with self._lock:
             abandoned = self.store.abandon_running(self.host, self.pid)
-            if abandoned:
-                log.warning("%d run(s) of a stopped process never finished; recorded as abandoned", abandoned)
             self.last_runs = self.store.last_runs()
             handled = self.store.last_handled()
             self._seen_seq = self.store.jobs_seq()
-            jobs = [self._skip_handled(job, handled.get(job.id)) for job in self._load_jobs()]
-            self.jobstore.load([job for job in jobs if job is not None])
+            rows = self.store.load_jobs()
+            maybe_started: list[dict[str, Any]] = []
+            jobs = []
+            for row, job in self._load_jobs(rows):
+                job = self._skip_handled(job, row, handled.get(row.id), started_by, maybe_started)
+                if job is not None:
+                    jobs.append((job, row.claimed_until))
+            if maybe_started:
+                self.store.insert_runs(maybe_started)
+                abandoned += len(maybe_started)
+            if abandoned:
+                log.warning("%d run(s) of a stopped process never finished; recorded as abandoned", abandoned)
+            self.jobstore.load(jobs)
             self.executing = True
             if self._scheduler_started:
                 self.scheduler.resume()
@@ -162,18 +187,60 @@ class Engine:
         self._publish("leader", message=f"{self.host} pid {self.pid} executes jobs")
         return True
 
-    def _skip_handled(self, job: SpecJob, handled_at: float | None) -> SpecJob | None:
-        """A job whose stored next run time lags its history (its last executor died before writing the new time)
-        continues after the last run it has a row for, so no scheduled run starts twice."""
-        if handled_at is None or job.next_run_time is None or to_epoch(job.next_run_time) > handled_at:
+    MAX_ABANDONED_PER_JOB = 100
+
+    def _skip_handled(self, job: SpecJob, row: JobRow, handled_at: float | None, started_by: float | None,
+                      maybe_started: list[dict[str, Any]]) -> SpecJob | None:
+        """Where a job continues when this process takes over. Runs the previous executor claimed and was due to
+        start before it stopped, (last run in the history, min(claimed_until, started_by)], may have started:
+        they get an "abandoned" row and are not run again. The job continues after them, or after its last
+        recorded run if its stored next run time lags behind that."""
+        if job.next_run_time is None:
             return job
-        last = from_epoch(handled_at)
+        floor = _to_microseconds(handled_at)
+        claimed_until = _to_microseconds(row.claimed_until)  # scheduled times are datetimes: exact to the µs
+        if started_by is not None and claimed_until is not None:
+            cutoff = min(claimed_until, started_by)
+            if floor is None or cutoff > floor:
+                times = set()
+                if claimed_until <= started_by:
+                    times.add(claimed_until)  # exact, even where jitter makes the trigger's times differ
+                # Without a history row, a run can only be this recent: older ones got a "running" row
+                # (HistoryRecorder.MARK_AFTER), and none starts later than its misfire grace time.
+                grace = job.misfire_grace_time if job.misfire_grace_time is not None else 3600
+                lower = started_by - self.settings.lease_seconds - HistoryRecorder.MARK_AFTER - 1 - grace
+                if floor is not None and floor >= lower:
+                    # Walk on from the last recorded run: a trigger knows its phase only from a previous fire.
+                    times.update(t.timestamp() for t in self._fire_times(job.trigger, from_epoch(floor),
+                                                                            from_epoch(cutoff)))
+                log.debug("job %s: runs after %s claimed until %s may have started on the previous executor "
+                          "(it stopped starting runs by %s): %d recorded as abandoned", job.id, handled_at,
+                          claimed_until, started_by, len(times))
+                for at in sorted(times):
+                    maybe_started.append(run_row(job.id, at, "abandoned",
+                                                 exception="its process stopped; it may have started"))
+                floor = cutoff
+        if floor is None or to_epoch(job.next_run_time) > floor:
+            return job
+        last = from_epoch(floor)
         nrt = job.trigger.get_next_fire_time(last, last + timedelta(microseconds=1))
         if nrt is None:
             self.store.delete_job(job.id)  # a one-off that already ran
             return None
         job.next_run_time = nrt.astimezone(self.scheduler.timezone)
         return job
+
+    def _fire_times(self, trigger: BaseTrigger, previous: datetime, until: datetime) -> list[datetime]:
+        """The trigger's fire times after the fire at `previous`, up to `until`; at most MAX_ABANDONED_PER_JOB
+        of the latest."""
+        times: deque[datetime] = deque(maxlen=self.MAX_ABANDONED_PER_JOB)
+        for _ in range(100_000):
+            fire = trigger.get_next_fire_time(previous, previous + timedelta(microseconds=1))
+            if fire is None or fire > until or fire <= previous:
+                break
+            times.append(fire)
+            previous = fire
+        return list(times)
 
     def _step_down(self, reason: str) -> None:
         with self._lock:
@@ -192,6 +259,7 @@ class Engine:
     def _keep_lease(self) -> None:
         if time.monotonic() - self._last_renewal < self.settings.lease_seconds / 4:
             return
+        attempt = time.monotonic()  # before the heartbeat is written: this process's window ends no later
         try:
             held = self.store.renew_lease(self.holder)
         except Exception as exc:
@@ -201,7 +269,7 @@ class Engine:
                 self._step_down(f"database unreachable for too long ({exc})")
             raise
         if held:
-            self._last_renewal = time.monotonic()
+            self._last_renewal = attempt
         else:
             self._step_down("another process took the lease")
 
@@ -211,10 +279,28 @@ class Engine:
         except Exception as exc:
             log.warning("could not release the lease (a standby takes over when it expires): %s", exc)
 
+    def _lease_surely_held(self) -> bool:
+        # The window a process taking over assumes this one may still start runs in (see _try_take_over).
+        return time.monotonic() - self._last_renewal < self.settings.lease_seconds * 0.75
+
     def _claim(self, job_id: str, run_time: datetime) -> bool:
-        row = run_row(job_id, run_time, "running")
-        row["started_at"] = time.time()
-        return self.store.claim_run(row)
+        """Called by a worker just before a run starts: True if it may start."""
+        if not self._lease_surely_held():
+            log.warning("run of %s at %s not started: this process may no longer hold the executor lease",
+                        job_id, run_time)
+            return False
+        at = run_time.timestamp()
+        if (job_id, at) in self._manual_runs:
+            row = run_row(job_id, at, "running")
+            row["started_at"] = time.time()
+            return self.store.claim_run(row)
+        if self.jobstore.wait_claimed(job_id, at):
+            return True
+        raise ClaimFailed("its claim was not written in time")
+
+    def _run_started(self, job_id: str, run_time: datetime) -> None:
+        at = run_time.timestamp()
+        self.history.run_started(job_id, at, has_row=(job_id, at) in self._manual_runs)
 
     # --- building APScheduler jobs from specs -------------------------------------------------------------------
     def make_trigger(self, spec: JobSpec) -> BaseTrigger:
@@ -252,18 +338,18 @@ class Engine:
             nrt = nrt.astimezone(self.scheduler.timezone)
         return self.make_job(spec, trigger, nrt)
 
-    def _load_jobs(self) -> list[SpecJob]:
-        jobs = []
+    def _load_jobs(self, rows: list[JobRow]) -> list[tuple[JobRow, SpecJob]]:
+        loaded = []
         self.broken.clear()
-        for row in self.store.load_jobs():
+        for row in rows:
             try:
-                jobs.append(self._row_to_job(row))
+                loaded.append((row, self._row_to_job(row)))
             except Exception as exc:
                 self._mark_broken(row.id, exc, already=row.broken)
-        return jobs
+        return loaded
 
-    def _load_broken_only(self) -> None:
-        self.broken = {row.id: row.broken for row in self.store.load_jobs() if row.broken}
+    def _load_broken_only(self, rows: list[JobRow]) -> None:
+        self.broken = {row.id: row.broken for row in rows if row.broken}
 
     def _mark_broken(self, job_id: str, exc: Exception, already: str | None = None) -> None:
         reason = str(exc) or type(exc).__name__
@@ -289,7 +375,11 @@ class Engine:
                 errors.extend(FieldError(f"jobs[{index}].{e.field}", e.reason) for e in exc.errors)
         if errors:
             raise SpecError(errors)
-        existing = {row.id: row for row in self.store.load_jobs()}
+        # Only the rows this can touch: the table may hold 100,000 jobs.
+        config_ids = [spec.id for spec in specs]
+        cols = jobs_table.c
+        existing = {row.id: row for row in self.store.load_jobs(
+            sa.or_(cols.source == "config", cols.id.in_(config_ids)) if config_ids else cols.source == "config")}
         now = datetime.now(timezone.utc)
         for spec in specs:
             row = existing.get(spec.id)
@@ -303,7 +393,6 @@ class Engine:
                 nrt = row.next_run_time if same_trigger else (
                     None if paused else to_epoch(self.make_trigger(spec).get_next_fire_time(None, now)))
                 self.store.update_job(spec.id, spec_json=spec_json, next_run_time=nrt, paused=paused, source="config")
-        config_ids = {spec.id for spec in specs}
         for row in existing.values():
             if row.source == "config" and row.id not in config_ids:
                 log.info("job %s was removed from the config; removing it", row.id)
@@ -385,9 +474,11 @@ class Engine:
                 raise SpecError(FieldError("id", f"job {job_id} is broken: {self.broken[job_id]}"))
             raise JobNotFound(job_id)
         now = datetime.now(self.scheduler.timezone)
+        self._manual_runs.add((job_id, now.timestamp()))
         try:
             self.executor.submit_job(job, [now])
         except MaxInstancesReachedError:
+            self._manual_runs.discard((job_id, now.timestamp()))
             self._on_aps_event(JobSubmissionEvent(aps.EVENT_JOB_MAX_INSTANCES, job_id, "default", [now]))
             raise
         self._on_aps_event(JobSubmissionEvent(aps.EVENT_JOB_SUBMITTED, job_id, "default", [now]))
@@ -425,25 +516,33 @@ class Engine:
 
     # --- changes made by other processes ----------------------------------------------------------------------
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.settings.poll_interval):
-            try:
-                if self.executing:
-                    self._keep_lease()
-                elif self.wants_to_execute:
-                    self._try_take_over()
-                self.apply_external_changes()
-                if self.executing:
-                    self._run_requested()
-                    self._prune_history_when_due()
-                if self.db_error:
-                    self._publish("database", message="database reachable again")
-                    self.db_error = None
-            except Exception as exc:
-                self._database_problem(f"database unavailable: {exc}")
+        try:
+            while not self._stop.wait(self.settings.poll_interval):
+                try:
+                    if self.executing:
+                        self._keep_lease()
+                    elif self.wants_to_execute:
+                        self._try_take_over()
+                    # One cheap statement per look; the costlier reads and writes only when it shows something new.
+                    seq, requests_pending = self.store.poll()
+                    self.apply_external_changes(seq)
+                    if self.executing:
+                        if requests_pending:
+                            self._run_requested()
+                        self._prune_history_when_due()
+                    if self.db_error:
+                        self._publish("database", message="database reachable again")
+                        self.db_error = None
+                except Exception as exc:
+                    self._database_problem(f"database unavailable: {exc}")
+        finally:
+            self.store.end_poll()
 
-    def apply_external_changes(self) -> bool:
-        """Bring memory in line with rows changed by any process since the last look. True if anything changed."""
-        seq = self.store.jobs_seq()
+    def apply_external_changes(self, seq: int | None = None) -> bool:
+        """Bring memory in line with rows changed by any process since the last look (at `seq`, the jobs_seq just
+        read, if given). True if anything changed."""
+        if seq is None:
+            seq = self.store.jobs_seq()
         if seq == self._seen_seq:
             return False
         with self._lock:
@@ -458,8 +557,8 @@ class Engine:
                 self.remove_from_memory(job_id)
             for job_id, row in rows.items():
                 job = in_memory.get(job_id)
-                if row.broken:
-                    continue
+                if row.broken or job_id in self.jobstore.finished:
+                    continue  # a finished one-off's row stays until its last outcome is durable: never rerun it
                 if job is not None and job.args[0].to_json() == row.spec and (job.next_run_time is None) == row.paused:
                     continue
                 try:
@@ -474,13 +573,22 @@ class Engine:
     PRUNE_EVERY = 600.0
 
     def _prune_history_when_due(self) -> None:
-        """Apply history retention (only the executor does, so processes don't race over the same rows)."""
-        if time.monotonic() < self._next_prune:
+        """Apply history retention (only the executor does, so processes don't race over the same rows). On its
+        own thread: a large prune takes seconds, and the poller must keep renewing the lease meanwhile."""
+        if time.monotonic() < self._next_prune or (self._pruner is not None and self._pruner.is_alive()):
             return
         self._next_prune = time.monotonic() + self.PRUNE_EVERY
+        self._pruner = threading.Thread(target=self._prune_history, name="carnation-retention", daemon=True)
+        self._pruner.start()
+
+    def _prune_history(self) -> None:
         max_age = self.settings.history_max_age_days
-        deleted = self.store.prune_runs(self.settings.history_keep_per_job,
-                                        max_age * 86400 if max_age is not None else None)
+        try:
+            deleted = self.store.prune_runs(self.settings.history_keep_per_job,
+                                            max_age * 86400 if max_age is not None else None)
+        except Exception as exc:
+            log.warning("history retention failed (retried in %d s): %s", self.PRUNE_EVERY, exc)
+            return
         if deleted:
             log.info("history retention removed %d old run(s)", deleted)
 
@@ -495,6 +603,8 @@ class Engine:
     # --- events ----------------------------------------------------------------------------------------------
     def _publish(self, kind: str, job_id: str | None = None, message: str = "",
                  scheduled_at: datetime | None = None) -> None:
+        if not self.events.has_subscribers:
+            return  # headless: no event object (and clock read) per run that nobody would read
         self.events.publish(SchedulerEvent(kind=kind, job_id=job_id, message=message, scheduled_at=scheduled_at))
 
     def _database_problem(self, message: str) -> None:
@@ -514,8 +624,13 @@ class Engine:
         if code & JOB_EVENTS_WITH_ROWS:
             row = row_from_event(event)
             if row is not None:
+                key = (row["job_id"], row["scheduled_at"])
+                self._manual_runs.discard(key)
+                row["_claimed"] = self.history.run_finished(*key)
                 self.history.record(row)
                 self.last_runs[row["job_id"]] = row
+                if not self.events.has_subscribers:
+                    return
                 message = row["exception"] or ""
                 if row["duration"] is not None:
                     message = f"{row['duration']:.3f} s" + (f" — {message}" if message else "")
@@ -534,6 +649,10 @@ class Engine:
         name = EVENT_NAMES.get(code)
         if name and code != aps.EVENT_SCHEDULER_STARTED:
             self._publish(name, job_id)
+
+
+def _to_microseconds(epoch: float | None) -> float | None:
+    return to_epoch(from_epoch(epoch))
 
 
 def _same_schedule(old_spec_json: str, new: JobSpec) -> bool:

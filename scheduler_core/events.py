@@ -94,6 +94,11 @@ class EventBus:
         with self._lock:
             self._callbacks = [*self._callbacks, callback]
 
+    @property
+    def has_subscribers(self) -> bool:
+        """Whether anyone would receive an event: publishers skip building one otherwise."""
+        return bool(self._subscriptions or self._callbacks)
+
     def publish(self, event: SchedulerEvent) -> None:
         # Copy-on-write lists: publishing takes no lock.
         for subscription in self._subscriptions:

@@ -1,9 +1,9 @@
-"""A thread-pool executor that claims each run in the database before starting it.
+"""A thread-pool executor that starts a run only once it is claimed in the database.
 
-The claim is a history row (job id, scheduled time, outcome "running") inserted under the runs table's unique key.
-A run whose claim already exists is not started: when a process dies and another takes over, runs the dead one
-already started are never started again, and every run that started is in the history (as "abandoned" if its
-process died before it finished).
+A scheduled run is claimed ahead of time, with its job's next run time (jobstore.py); a run started by "run now" is
+claimed by a "running" history row. A run without a durable claim is not started: when a process dies and another
+takes over, runs the dead one may have started are never started again, and they are in the history (as
+"abandoned" when their outcome was lost with the process).
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from .kinds import running
 log = logging.getLogger(__name__)
 
 Claim = Callable[[str, datetime], bool]
-
-
-class UnclaimedRunEvent(JobExecutionEvent):
-    """An outcome for a run that never got a claim row (dropped by coalescing, or not claimable): its history row
-    is inserted rather than updated."""
+"""(job id, scheduled time) -> True to start the run, False to skip it; raises if the claim cannot be made."""
 
 
 class ClaimFailed(Exception):
@@ -34,9 +30,10 @@ class ClaimFailed(Exception):
 
 
 class ClaimingExecutor(ThreadPoolExecutor):
-    def __init__(self, max_workers: int, claim: Claim) -> None:
+    def __init__(self, max_workers: int, claim: Claim, on_start: Callable[[str, datetime], None] | None = None) -> None:
         super().__init__(max_workers)
         self.claim = claim
+        self.on_start = on_start
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         def callback(future) -> None:  # type: ignore[no-untyped-def]
@@ -56,15 +53,14 @@ class ClaimingExecutor(ThreadPoolExecutor):
             try:
                 if self.claim(job.id, run_time):
                     claimed.append(run_time)
-                else:
-                    log.warning("run of %s scheduled at %s was already claimed; not running it again", job.id,
-                                run_time)
             except Exception as exc:
                 # No claim, no run: running unrecorded work is worse than a recorded refusal.
                 log.error("cannot claim run of %s at %s: %s", job.id, run_time, exc)
-                events.append(UnclaimedRunEvent(EVENT_JOB_ERROR, job.id, job._jobstore_alias, run_time,
+                events.append(JobExecutionEvent(EVENT_JOB_ERROR, job.id, job._jobstore_alias, run_time,
                                                 exception=ClaimFailed(f"not run: database unavailable ({exc})")))
         for run_time in claimed:
+            if self.on_start:
+                self.on_start(job.id, run_time)
             # One at a time, so the job can tell which run it is (kinds.current_run).
             with running(job.id, run_time):
                 events.extend(run_job(job, job._jobstore_alias, [run_time], self._logger.name))

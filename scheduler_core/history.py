@@ -19,7 +19,6 @@ from typing import Any
 
 from apscheduler import events as aps
 
-from .executor import UnclaimedRunEvent
 from .kinds import JobFailed, RunResult
 from .store import Store, to_epoch
 
@@ -79,10 +78,7 @@ def run_row(
 
 def row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
     """The history row an APScheduler event stands for, or None if it is not an execution outcome."""
-    row = _row_from_event(event)
-    if row is not None:
-        row["_claimed"] = not isinstance(event, UnclaimedRunEvent)
-    return row
+    return _row_from_event(event)
 
 
 def _row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
@@ -125,6 +121,7 @@ class HistoryRecorder:
         self.flush_interval = flush_interval
         self._queue: deque[dict[str, Any]] = deque(maxlen=buffer_limit)
         self._wake = threading.Event()
+        self._asleep = False  # the writer waits with no timer: record() and run_started() must wake it
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._in_flight = 0
@@ -135,6 +132,50 @@ class HistoryRecorder:
         self.dropped = 0
         self.duplicates = 0
         self.failing_since: float | None = None
+        # Runs going on, (job id, scheduled epoch) -> [start (monotonic), has a "running" row]. A run gets its
+        # "running" row once it has gone on for MARK_AFTER seconds, or before any later run of its job is written,
+        # so a process taking over after a crash finds every run older than that in the history.
+        self._running: dict[tuple[str, float], list] = {}
+        self._flight_lock = threading.Lock()
+        self.recorded_until: dict[str, float] = {}  # job id -> latest scheduled time with a durable row
+
+    MARK_AFTER = 1.0
+
+    def run_started(self, job_id: str, scheduled_at: float, has_row: bool = False) -> None:
+        with self._flight_lock:
+            self._running[(job_id, scheduled_at)] = [time.monotonic(), has_row]
+        if self._asleep:
+            self._wake.set()  # it is due a "running" row after MARK_AFTER: the writer must watch the clock
+
+    def run_finished(self, job_id: str, scheduled_at: float) -> bool:
+        """Forget a run that ended; True if it has a "running" row (its outcome must update that row)."""
+        with self._flight_lock:
+            entry = self._running.pop((job_id, scheduled_at), None)
+        return bool(entry and entry[1])
+
+    def _running_rows(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """"running" rows due now: runs going on for MARK_AFTER, and runs older than a row of their job in batch."""
+        if not self._running:
+            return []
+        newest: dict[str, float] = {}
+        for row in batch:
+            if row["scheduled_at"] > newest.get(row["job_id"], -1.0):
+                newest[row["job_id"]] = row["scheduled_at"]
+        old = time.monotonic() - self.MARK_AFTER
+        rows = []
+        with self._flight_lock:
+            for (job_id, scheduled_at), entry in self._running.items():
+                if not entry[1] and (entry[0] <= old or scheduled_at < newest.get(job_id, -1.0)):
+                    entry[1] = True
+                    row = run_row(job_id, scheduled_at, "running")
+                    row["started_at"] = time.time() - (time.monotonic() - entry[0])
+                    rows.append(row)
+        return rows
+
+    def _remember_written(self, batch: list[dict[str, Any]]) -> None:
+        for row in batch:
+            if row["scheduled_at"] > self.recorded_until.get(row["job_id"], -1.0):
+                self.recorded_until[row["job_id"]] = row["scheduled_at"]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="carnation-history", daemon=True)
@@ -144,7 +185,9 @@ class HistoryRecorder:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(row)
-        if len(self._queue) >= self.batch_size:
+        # Wake the writer if it sleeps with nothing to do (it then waits flush_interval for a batch to gather),
+        # and at once when a batch is full.
+        if self._asleep or len(self._queue) >= self.batch_size:
             self._wake.set()
 
     @property
@@ -180,13 +223,30 @@ class HistoryRecorder:
 
     def _run(self) -> None:
         backoff = self.flush_interval
+        connection = self.store.kept_connection()
         while not self._stopping.is_set():
-            self._wake.wait(self.flush_interval if not self.failing_since else backoff)
+            if self._queue or self._running or self.failing_since:
+                self._wake.wait(self.flush_interval if not self.failing_since else backoff)
+            else:
+                # Nothing to write and no run to watch: sleep with no timer (an idle process does not wake ten
+                # times a second) until record(), run_started(), flush() or stop(). The flag goes up before the
+                # last look, so a row recorded meanwhile is either seen here or wakes us.
+                self._asleep = True
+                if not (self._queue or self._running or self._stopping.is_set()):
+                    self._wake.wait()
+                self._asleep = False
+                self._wake.clear()
+                if not self._stopping.is_set():
+                    self._wake.wait(self.flush_interval)  # let a batch gather
             self._wake.clear()
-            while self._queue:
+            while True:
                 batch = self._take_batch()
+                batch[:0] = self._running_rows(batch)
+                if not batch:
+                    break
+                self._in_flight = len(batch)
                 try:
-                    inserted, duplicates = self.store.insert_runs(batch)
+                    inserted, duplicates = self.store.insert_runs(batch, via=connection)
                 except Exception as exc:  # database down: keep the rows, in order, and retry
                     for row in reversed(batch):
                         self._queue.appendleft(row)
@@ -208,7 +268,9 @@ class HistoryRecorder:
                     for row in duplicates:
                         log.error("job %s ran twice for scheduled time %s", row["job_id"], row["scheduled_at"])
                 self._in_flight = 0
+                self._remember_written(batch)
                 if self._on_rows:
                     self._on_rows(batch)
             with self._idle:
                 self._idle.notify_all()
+        connection.close()

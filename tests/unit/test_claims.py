@@ -1,0 +1,128 @@
+"""Claims written ahead with the next run time (no commit on a run's start path), and what a process taking over
+makes of them: on SQLite, MariaDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_core.console import Console
+from scheduler_core.engine import Engine
+from scheduler_core.history import run_row
+from scheduler_core.store import LEASE_NAME, jobs_table, leader_table, runs_table
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.db
+
+
+def job_row(engine: Engine, job_id: str) -> sa.Row:
+    with engine.store.engine.connect() as conn:
+        return conn.execute(sa.select(jobs_table).where(jobs_table.c.id == job_id)).one()
+
+
+def job_rows(engine: Engine) -> list[sa.Row]:
+    with engine.store.engine.connect() as conn:
+        return conn.execute(sa.select(jobs_table)).all()
+
+
+def runs(engine: Engine, job_id: str) -> dict[float, str]:
+    engine.flush()
+    with engine.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(runs_table.c.scheduled_at, runs_table.c.outcome)
+                            .where(runs_table.c.job_id == job_id)).all()
+    return {round(at, 3): outcome for at, outcome in rows}
+
+
+def test_next_run_time_is_claimed_when_written(console: Console, engine: Engine) -> None:
+    console.add_job({"id": "t", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                     "seconds": 1})
+    wait_for(lambda: "success" in runs(engine, "t").values(), message="a run")
+    engine.flush()
+    row = job_row(engine, "t")
+    assert row.claimed_until == row.next_run_time
+    assert row.claimed_until > max(runs(engine, "t"))
+
+
+# (previous holder's heartbeat, seconds ago or None for a clean release) -> was the claimed run possibly started?
+@pytest.mark.parametrize(("heartbeat_ago", "maybe_started"), [(10, True), (30, False), (None, False)],
+                         ids=["crashed-after-the-run-was-due", "crashed-before-it-was-due", "released"])
+def test_takeover_never_reruns_a_claimed_run_the_dead_executor_may_have_started(
+        make_settings, db_url: str, heartbeat_ago: float | None, maybe_started: bool) -> None:
+    settings = make_settings(db_url, lease_seconds=8)
+    first = Engine(settings)
+    first.start()
+    Console(first).add_job({"id": "j", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                            "seconds": 60})
+    first.stop()
+    now = time.time()
+    due = now - 5  # claimed by the previous executor, due 5 s ago, no outcome recorded
+    with first.store.engine.begin() as conn:
+        conn.execute(jobs_table.update().values(next_run_time=due, claimed_until=due))
+        conn.execute(runs_table.insert().values(run_row("j", due - 60, "success")))
+        if heartbeat_ago is not None:
+            # Lease 8 s: it stopped starting runs 6 s after this heartbeat.
+            conn.execute(leader_table.insert().values(name=LEASE_NAME, holder="dead", host="elsewhere", pid=1,
+                                                      acquired_at=now - 100, heartbeat_at=now - heartbeat_ago))
+    first.store.close()
+    second = Engine(settings)
+    second.start()
+    try:
+        assert second.executing
+        if maybe_started:
+            assert runs(second, "j")[round(due, 3)] == "abandoned"
+            nrt = job_row(second, "j").next_run_time
+            assert nrt == pytest.approx(due + 60, abs=0.01)  # continues after it, never reruns it
+        else:
+            # It cannot have started: it runs now, late but within the 30 s grace.
+            wait_for(lambda: runs(second, "j").get(round(due, 3)) == "success", message="the claimed run")
+    finally:
+        second.stop()
+
+
+def test_a_long_run_gets_a_running_row_and_a_finished_one_off_row_goes_after_its_outcome(
+        console: Console, engine: Engine, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    run_date = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    console.add_job({"id": "once", "func": "tests.sample_jobs:block_until", "args": [str(release)],
+                     "trigger": "date", "run_date": run_date.isoformat()})
+
+    def running_row() -> bool:
+        # The run is claimed only in its job's row: that row stays until the run has a durable row of its own.
+        # (Rows first: once the job row is gone, the run's row must already be there.)
+        claim_kept = bool(job_rows(engine))
+        recorded = runs(engine, "once")
+        assert recorded or claim_kept, "the claim went before the run was recorded"
+        return "running" in recorded.values()
+
+    wait_for(running_row, message="a running row for the long run")
+    release.touch()
+    wait_for(lambda: list(runs(engine, "once").values()) == ["success"], message="the running row finished")
+    wait_for(lambda: not job_rows(engine), message="the finished one-off job's row to go")
+
+
+def test_an_outcome_arriving_after_a_takeover_replaces_the_abandoned_row(engine: Engine) -> None:
+    at = time.time()
+    assert engine.store.insert_runs([run_row("x", at, "abandoned")]) == (1, [])
+    assert engine.store.insert_runs([run_row("x", at, "success")]) == (1, [])
+    assert runs(engine, "x") == {round(at, 3): "success"}
+    # a second outcome of the same run is a duplicate, not silently merged
+    written, duplicates = engine.store.insert_runs([run_row("x", at, "error")])
+    assert written == 0 and len(duplicates) == 1
+
+
+def test_no_run_starts_while_its_claim_cannot_be_written(console: Console, engine: Engine,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database unreachable"))
+
+    monkeypatch.setattr(engine.store, "write_next_run_times", unreachable)
+    console.add_job({"id": "now", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                     "seconds": 1})
+    refused = wait_for(lambda: [r for r in console.history("now").items if r.outcome == "error"],
+                       message="a refused run")
+    assert "not run: database unavailable" in refused[0].exception
+    assert not [r for r in console.history("now").items if r.outcome == "success"]
