@@ -107,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     n = args.jobs or (300 if args.quick else 2000)
     dbs = parse_list(args.dbs)
-    print(header("adding and updating jobs", args.patch))
+    print(header("adding and updating jobs"))
     print(f"{n:,} jobs added one call at a time, then each updated once\n", flush=True)
     rows = []
     with bench_tmp() as tmp:
@@ -118,8 +118,6 @@ def main() -> int:
             per_db = {}
             for contender in ("carnation", "bare-sqlalchemy"):
                 params = dict(contender=contender, n=n)
-                if args.patch and contender == "carnation":
-                    params["patch"] = parse_list(args.patch)
                 if args.profile_dir and contender == "carnation":
                     params["profile"] = str(Path(args.profile_dir) / f"add_jobs-{db}.txt")
                 with database(db, tmp, "add") as url:

@@ -203,14 +203,7 @@ def child_main(run: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
             isolate_environment(tmp)
             quiet_logging()
             params.setdefault("tmp", str(tmp))
-            if params.get("patch"):
-                from bench import patches
-
-                patches.apply(params["patch"])
-            result = run(params)
-            if params.get("patch"):
-                result["patches"] = params["patch"]
-            report(result)
+            report(run(params))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         sys.stdout.flush()
@@ -485,8 +478,6 @@ def common_args(parser: argparse.ArgumentParser, default_dbs: str = "sqlite,mari
     parser.add_argument("--profile-dir", default=None,
                         help="write a per-thread sampling profile of each carnation child here")
     parser.add_argument("--verbose", action="store_true", help="show the children's stderr")
-    parser.add_argument("--patch", default="", help="comma-separated prototype engine fixes applied in the carnation "
-                        "child (see bench/patches.py); default none: the engine as committed")
 
 
 def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
@@ -520,11 +511,9 @@ def engine_revision() -> str:
         return "carnation (revision unknown)"
 
 
-def header(title: str, patch: str = "") -> str:
-    patched = f"\n# PROTOTYPE FIXES APPLIED to carnation: {patch} (bench/patches.py)" if patch else ""
+def header(title: str) -> str:
     return (f"# {title} — {datetime.now().strftime('%Y-%m-%d %H:%M')} — {machine()}\n"
-            f"# {engine_revision()}, APScheduler {_version('apscheduler')}, SQLAlchemy {_version('sqlalchemy')}"
-            + patched)
+            f"# {engine_revision()}, APScheduler {_version('apscheduler')}, SQLAlchemy {_version('sqlalchemy')}")
 
 
 def _version(dist: str) -> str:

@@ -128,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     dbs = parse_list(args.dbs)
-    print(header("idle cost", args.patch))
+    print(header("idle cost"))
     print(f"{args.jobs:,} interval jobs, next runs an hour away; CPU over {seconds:g} s after {args.settle:g} s "
           f"settling\n", flush=True)
     rows, verdicts = [], []
@@ -143,8 +143,6 @@ def main() -> int:
             contenders = ["carnation"] + ([] if args.no_bare_sqlalchemy else ["bare-sqlalchemy"])
             for contender in contenders:
                 params = dict(base, contender=contender)
-                if args.patch and contender == "carnation":
-                    params["patch"] = parse_list(args.patch)
                 if args.profile_dir and contender == "carnation":
                     params["profile"] = str(Path(args.profile_dir) / f"idle-{db}.txt")
                 with database(db, tmp, "idle") as url:

@@ -214,7 +214,7 @@ def main() -> int:
     dbs = parse_list(args.dbs)
     contenders = parse_list(args.contenders)
 
-    print(header("fire lateness", args.patch))
+    print(header("fire lateness"))
     print(f"interval {interval} s, window {duration:g} s (+{args.drain:g} s drain), misfire_grace_time {args.grace} s, "
           f"{args.workers} worker threads, {args.repeat} repeat(s); lateness in ms; bare SQLite store: "
           f"{'APScheduler defaults' if args.bare_sqlite_defaults else 'WAL + synchronous=NORMAL, as carnation'}\n",
@@ -229,8 +229,6 @@ def main() -> int:
                         lead = 2.0 + n * (0.0006 if contender != "bare-memory" else 0.0002)
                         params = dict(contender=contender, n=n, interval=interval, duration=duration,
                                       drain=args.drain, grace=args.grace, workers=args.workers, lead=lead)
-                        if args.patch and contender == "carnation":
-                            params["patch"] = parse_list(args.patch)
                         if args.profile_dir and contender == "carnation":
                             params["profile"] = str(Path(args.profile_dir) / f"lateness-{contender}-{db}-{n}.txt")
                         timeout = lead + duration + args.drain + 120 + n * 0.003

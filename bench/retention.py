@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--keep", type=int, default=1000, help="history_keep_per_job (default 1,000)")
     args = parser.parse_args()
     jobs = args.jobs or (200 if args.quick else 1000)
-    print(header("history retention at scale", args.patch))
+    print(header("history retention at scale"))
     print(f"{jobs:,} jobs x {args.runs:,} runs = {jobs * args.runs:,} rows; keep {args.keep:,} per job\n", flush=True)
     rows = []
     with bench_tmp() as tmp:
@@ -126,8 +126,6 @@ def main() -> int:
                 total, fill_s = fill(url, jobs, args.runs)
                 print(f"  {db:<10} stored {total:,} runs in {fill_s:.1f} s", flush=True)
                 params: dict[str, Any] = dict(url=url, keep=args.keep)
-                if args.patch:
-                    params["patch"] = parse_list(args.patch)
                 res = run_child("bench.retention", params, 1800, args.verbose)
                 if "error" in res:
                     print(f"  {db:<10} ERROR {res['error']} {res.get('stderr', '')[-800:]}")

@@ -114,7 +114,7 @@ def main() -> int:
     args = parser.parse_args()
     n = args.jobs or (20_000 if args.quick else 100_000)
     dbs = parse_list(args.dbs)
-    print(header("start-up with stored jobs", args.patch))
+    print(header("start-up with stored jobs"))
     print(f"{n:,} stored interval jobs\n", flush=True)
     rows = []
     with bench_tmp() as tmp:
@@ -126,8 +126,6 @@ def main() -> int:
                     print(f"  {db:<10} {contender:<16} stored {n:,} jobs in {fill_s:.1f} s", flush=True)
                     for rep in range(args.repeat):
                         params: dict[str, Any] = dict(contender=contender, url=url)
-                        if args.patch and contender == "carnation":
-                            params["patch"] = parse_list(args.patch)
                         if args.profile_dir and contender == "carnation" and rep == 0:
                             params["profile"] = str(Path(args.profile_dir) / f"startup-{db}-{n}.txt")
                         res = run_child("bench.startup", params, 600 + n * 0.01, args.verbose)

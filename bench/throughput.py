@@ -157,7 +157,7 @@ def main() -> int:
     args = parser.parse_args()
     n = args.jobs or (2000 if args.quick else 10_000)
     dbs = parse_list(args.dbs)
-    print(header("throughput", args.patch))
+    print(header("throughput"))
     print(f"{n:,} no-op date jobs due at the same moment, {args.workers} worker threads\n", flush=True)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with bench_tmp() as tmp:
@@ -167,8 +167,6 @@ def main() -> int:
                 for contender in order:
                     params = dict(contender=contender, n=n, workers=args.workers, lead=3 + n * 0.0004,
                                   timeout=120 + n * 0.01)
-                    if args.patch and contender == "carnation":
-                        params["patch"] = parse_list(args.patch)
                     if args.profile_dir and contender == "carnation":
                         params["profile"] = str(Path(args.profile_dir) / f"throughput-{db}-{n}.txt")
                     limit = params["lead"] + params["timeout"] + 120
