@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
 from apscheduler.util import ref_to_obj
@@ -43,6 +44,13 @@ def resolve(ref: str) -> Callable[..., Any]:
     return obj
 
 
+@lru_cache(maxsize=4096)
+def _resolved(ref: str) -> Callable[..., Any]:
+    # Once imported, a module stays in sys.modules: looking the target up again on every run only costs time
+    # (failures are not cached, so a reference that starts resolving after a deploy is picked up).
+    return resolve(ref)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -75,7 +83,7 @@ def run(spec: JobSpec, result: RunResult) -> None:
     runs in the calling thread.
     """
     try:
-        func = resolve(spec.target)
+        func = _resolved(spec.target)
     except UnresolvableReference as exc:
         # The module or function can vanish after the job was stored (a deploy); that is this run's failure.
         raise JobFailed(str(exc), result) from exc
