@@ -121,7 +121,9 @@ def measure(kind: str, tmp: Path, kills: int, lease: float, edits: int) -> dict:
                 new = wait(lambda: (pid := leader()) not in (None, victim) and pid, lease * 4)
                 wait(lambda: first_claim_by(new, killed), 10)
                 rows, _ = store.runs_page(per_page=50)
-                first = min(r["started_at"] for r in rows if r["pid"] == new and r["started_at"] >= killed)
+                # (rows the new executor wrote for runs it did not start, "abandoned", have no started_at)
+                first = min(r["started_at"] for r in rows
+                            if r["pid"] == new and r["started_at"] is not None and r["started_at"] >= killed)
                 failovers.append(first - killed)
                 procs.append(headless(env, tmp / f"{kind}.log"))
                 time.sleep(1.5)  # let the new executor fire a few rounds before the next kill
