@@ -67,7 +67,6 @@ class SpecJobStore(MemoryJobStore):
         self._failures = 0
         self._writer: threading.Thread | None = None
         self._connection: KeptConnection | None = None  # the writer thread's own, once it runs
-        self.on_change: Callable[[str], None] | None = None
         self.write_errors = 0
 
     # --- loading ------------------------------------------------------------------------------------------------
@@ -122,8 +121,6 @@ class SpecJobStore(MemoryJobStore):
             self._pending.pop(job_id, None)
             self.finished[job_id] = last_run
         self._work.set()
-        if self.on_change:
-            self.on_change(job_id)
 
     def remove_all_jobs(self) -> None:
         for job in self.get_all_jobs():
@@ -183,8 +180,6 @@ class SpecJobStore(MemoryJobStore):
         with self._pending_lock:
             self._pending[job_id] = value  # newer state of the same job replaces the older: one write per job
         self._work.set()
-        if self.on_change:
-            self.on_change(job_id)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far. True when nothing is left pending."""

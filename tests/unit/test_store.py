@@ -165,3 +165,24 @@ def test_concurrent_edits_each_get_their_own_seq(store: Store) -> None:
     # 80 edits, each thread's last one an update: every row keeps its update's own seq, the latest the counter's.
     assert store.jobs_seq() == start + 80
     assert len(set(seqs)) == 40 and seqs[-1] == start + 80
+
+
+def test_next_run_times_claim_their_runs_and_spare_paused_jobs(store: Store) -> None:
+    """The write-behind in every batch size (MariaDB sends fixed-size CASE updates, padded): each row gets its next
+    run time and the same claim; a paused row keeps NULL but its claim is written; None keeps the old claim."""
+    count = store.CASE_CHUNK * 2 + 37
+    for i in range(count):
+        store.insert_job(f"j{i:03d}", "{}", None, paused=(i == 5))
+    store.write_next_run_times([(f"j{i:03d}", 1000.0 + i) for i in range(count)])
+    store.write_next_run_times([("j007", None), ("j008", 5000.0)])
+    rows = {row.id: row for row in store.load_jobs()}
+    assert len(rows) == count
+    for i in range(count):
+        row = rows[f"j{i:03d}"]
+        expected = {5: None, 7: None, 8: 5000.0}.get(i, 1000.0 + i)
+        assert row.next_run_time == expected, row
+        assert row.claimed_until == (5000.0 if i == 8 else 1000.0 + i), row
+    # claims alone only ever move forward
+    store.write_next_run_times([], claims=[("j010", 900.0), ("j011", 2000.0)])
+    rows = {row.id: row for row in store.load_jobs()}
+    assert rows["j010"].claimed_until == 1010.0 and rows["j011"].claimed_until == 2000.0
