@@ -158,10 +158,14 @@ class CarnationApp(App[int]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        # Kept, not queried: the drain timer and every refresh use them.
+        # Kept, not queried: the drain timer and every refresh use them, and App.query_one looks in the active
+        # screen, where a dialog or the command palette open over the jobs has none of these.
         self.table = self.query_one("#jobs", JobTable)
         self.event_log = self.query_one("#events", EventLog)
         self.status_bar = self.query_one(StatusBar)
+        self.job_detail = self.query_one("#job-detail", Static)
+        self.db_banner = self.query_one("#db-banner", Static)
+        self.filter_box = self.query_one("#filter", Input)
         self.table.empty_text = "Loading jobs…"
         self.table.focus()
         self.set_interval(DRAIN_SECONDS, self.drain_events)
@@ -387,7 +391,7 @@ class CarnationApp(App[int]):
             self._show_banner(None)
 
     def _show_banner(self, text: str | None) -> None:
-        banner = self.query_one("#db-banner", Static)
+        banner = self.db_banner
         banner.update(text or "")
         banner.display = text is not None
 
@@ -419,7 +423,7 @@ class CarnationApp(App[int]):
 
     def _show_detail(self) -> None:
         """The line under the table: everything about the selected job the narrow columns had to cut."""
-        detail = self.query_one("#job-detail", Static)
+        detail = self.job_detail
         view = self.table.cursor_value
         if view is None:
             count = len(self.table.rows)
@@ -525,12 +529,12 @@ class CarnationApp(App[int]):
         self.push_screen(HistoryScreen(self.facade, view, job_zone(view, self.timezone).key))
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         box.display = True
         box.focus()
 
     def action_escape(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.filter_box
         if box.display or self.filter_text:
             box.value = ""
             box.display = False

@@ -518,3 +518,18 @@ async def test_run_detail_shows_exception_traceback_exit_code_and_output(app_set
                 assert part in text, f"{part!r} missing from the detail of {job_id}:\n{text}"
             await pilot.press("escape", "escape")
             await until(pilot, lambda: app.screen is app.screen_stack[0], "back to the jobs")
+
+
+async def test_jobs_and_banner_update_behind_an_open_dialog(app_settings: Settings) -> None:
+    """A refresh that lands while the help screen is open updates the jobs screen underneath, not the dialog
+    (App.query_one looks in the active screen: it used to crash the console here)."""
+    async with running(app_settings, [job("one")]) as (app, pilot):
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        app.facade.add_job(job("two"))
+        await until(pilot, lambda: table_ids(app) == ["one", "two"], "the table behind the dialog to update")
+        app._show_banner("database unavailable")
+        assert app.db_banner.display
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is app.screen_stack[0], "the help screen to close")
+        assert "database unavailable" in screen_text(app)
