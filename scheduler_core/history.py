@@ -78,10 +78,6 @@ def run_row(
 
 def row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
     """The history row an APScheduler event stands for, or None if it is not an execution outcome."""
-    return _row_from_event(event)
-
-
-def _row_from_event(event: aps.JobEvent) -> dict[str, Any] | None:
     code = event.code
     if code == aps.EVENT_JOB_EXECUTED:
         result = event.retval if isinstance(event.retval, RunResult) else None

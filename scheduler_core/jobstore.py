@@ -22,13 +22,10 @@ from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 
+from .executor import ClaimFailed
 from .store import KeptConnection, Store, to_epoch
 
 log = logging.getLogger(__name__)
-
-
-class ClaimUnavailable(Exception):
-    """A run's claim could not be made durable (the database is unreachable): the run must not start."""
 
 
 class SpecJob(Job):
@@ -64,7 +61,6 @@ class SpecJobStore(MemoryJobStore):
         self._wake = threading.Event()  # someone waits for the write: skip gathering a batch
         self._stopping = threading.Event()
         self._written = threading.Condition()
-        self._failures = 0
         self._writer: threading.Thread | None = None
         self._connection: KeptConnection | None = None  # the writer thread's own, once it runs
         self.write_errors = 0
@@ -155,25 +151,23 @@ class SpecJobStore(MemoryJobStore):
         super().shutdown()
 
     # --- claims -------------------------------------------------------------------------------------------------
-    def wait_claimed(self, job_id: str, epoch: float, timeout: float = 10.0) -> bool:
-        """Block until the run of `job_id` at `epoch` is durably claimed. False on timeout; ClaimUnavailable if the
-        write failed."""
+    def wait_claimed(self, job_id: str, epoch: float, timeout: float = 10.0) -> None:
+        """Return once the run of `job_id` at `epoch` is durably claimed; ClaimFailed if the write failed or did
+        not happen within `timeout`."""
         if self.claimed.get(job_id, -1.0) >= epoch:
-            return True
+            return
         with self._pending_lock:
             if self._claim_requests.get(job_id, -1.0) < epoch:
                 self._claim_requests[job_id] = epoch
-        failures = self._failures
+        errors = self.write_errors
         with self._written:
             self._work.set()
             self._wake.set()
             self._written.wait_for(
-                lambda: self.claimed.get(job_id, -1.0) >= epoch or self._failures != failures, timeout)
-        if self.claimed.get(job_id, -1.0) >= epoch:
-            return True
-        if self._failures != failures:
-            raise ClaimUnavailable("database unavailable")
-        return False
+                lambda: self.claimed.get(job_id, -1.0) >= epoch or self.write_errors != errors, timeout)
+        if self.claimed.get(job_id, -1.0) < epoch:
+            raise ClaimFailed("database unavailable" if self.write_errors != errors
+                              else f"its claim was not written within {timeout:g} s")
 
     # --- write-behind -------------------------------------------------------------------------------------------
     def _queue(self, job_id: str, value: float | None | object) -> None:
@@ -208,7 +202,6 @@ class SpecJobStore(MemoryJobStore):
                                             via=self._connection)
         except Exception as exc:
             self.write_errors += 1
-            self._failures += 1
             log.warning("next run times not written yet (retrying): %s", exc)
             with self._pending_lock:
                 # Keep what failed unless a newer state arrived meanwhile.
@@ -229,8 +222,8 @@ class SpecJobStore(MemoryJobStore):
                     self.claimed[job_id] = at
             for job_id in deletes:
                 self.claimed.pop(job_id, None)
-                if self.finished.get(job_id) is not None and job_id in done:
-                    del self.finished[job_id]
+            for job_id in done:
+                self.finished.pop(job_id, None)
 
     def _write_loop(self) -> None:
         self._connection = self.store.kept_connection()

@@ -126,3 +126,24 @@ def test_no_run_starts_while_its_claim_cannot_be_written(console: Console, engin
                        message="a refused run")
     assert "not run: database unavailable" in refused[0].exception
     assert not [r for r in console.history("now").items if r.outcome == "success"]
+
+
+def test_jobs_added_while_nobody_executed_are_claimed_at_once_when_an_executor_starts(
+        make_settings, db_url: str) -> None:
+    settings = make_settings(db_url)
+    console_only = Engine(settings)
+    console_only.start(execute=False)
+    for n in range(3):
+        Console(console_only).add_job({"id": f"j{n}", "func": "tests.sample_jobs:add", "args": [1, 2],
+                                       "trigger": "interval", "seconds": 600})
+    assert all(row.claimed_until is None for row in job_rows(console_only))  # a console claims nothing
+    console_only.stop()
+    executor = Engine(settings)
+    executor.start()
+    try:
+        # One statement during start, not a write per job behind the loop (which waits 0.2 s to gather a batch).
+        rows = job_rows(executor)
+        assert [row.claimed_until for row in rows] == [row.next_run_time for row in rows]
+        assert executor.jobstore.claimed == {row.id: pytest.approx(row.next_run_time, abs=1e-6) for row in rows}
+    finally:
+        executor.stop()

@@ -280,7 +280,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         path = self.path.split("?")[0]
         if path == "/slow":
-            time.sleep(2)
+            # Hangs until the test is over (the fixture releases it), far past any timeout a test sets.
+            self.server.release.wait(10)  # type: ignore[attr-defined]
             self._reply(200, b"late")
         elif path == "/trickle":
             self.send_response(200)
@@ -323,11 +324,13 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[http.server.ThreadingHTT
         monkeypatch.delenv(name, raising=False)
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.seen = []  # type: ignore[attr-defined]
+    srv.release = threading.Event()  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield srv
     finally:
+        srv.release.set()  # type: ignore[attr-defined]
         srv.shutdown()
         srv.server_close()
 
