@@ -420,7 +420,7 @@ def thread_cpu() -> dict[str, float]:
         except OSError:
             continue
         name = names.get(int(task.name), f"tid{task.name}")
-        if name.startswith("ThreadPoolExecutor"):
+        if name.startswith(("ThreadPoolExecutor", "carnation-worker-")):
             name = "workers"
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
@@ -472,10 +472,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _made_dir(text: str) -> str:
+    Path(text).mkdir(parents=True, exist_ok=True)
+    return text
+
+
 def common_args(parser: argparse.ArgumentParser, default_dbs: str = "sqlite,mariadb,postgresql") -> None:
     parser.add_argument("--dbs", default=default_dbs, help=f"comma-separated, of {','.join(ALL_DBS)}")
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs: a smoke test in a minute or two")
-    parser.add_argument("--profile-dir", default=None,
+    parser.add_argument("--profile-dir", default=None, type=_made_dir,
                         help="write a per-thread sampling profile of each carnation child here")
     parser.add_argument("--verbose", action="store_true", help="show the children's stderr")
 

@@ -9,12 +9,13 @@ takes over, runs the dead one may have started are never started again, and they
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
-from apscheduler.executors.base import run_job
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.job import Job
 
 from .kinds import running
@@ -29,22 +30,67 @@ class ClaimFailed(Exception):
     pass
 
 
-class ClaimingExecutor(ThreadPoolExecutor):
+class ClaimingExecutor(BaseExecutor):
+    """A thread pool of `max_workers` threads, started as needed, fed by one queue.
+
+    Not concurrent.futures: a Future per run (a lock, a condition, a callback list, a semaphore to find an idle
+    thread) is a sixth of bare APScheduler's own cost per run, and nothing here waits on a Future. Threads are
+    daemons: `Engine.stop()` waits for running work, and a process that exits without it must not hang.
+    """
+
     def __init__(self, max_workers: int, claim: Claim, on_start: Callable[[str, datetime], None] | None = None) -> None:
-        super().__init__(max_workers)
+        super().__init__()
+        self.max_workers = max_workers
         self.claim = claim
         self.on_start = on_start
+        self._queue: queue.SimpleQueue[tuple[Job, list[datetime]] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for work, under self._lock (held by submit_job and on finishing)
+        self._shut_down = False
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        def callback(future) -> None:  # type: ignore[no-untyped-def]
-            exc = future.exception()
-            if exc:
-                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
-            else:
-                self._run_job_success(job.id, future.result())
+        # Called with self._lock held (BaseExecutor.submit_job).
+        if self._shut_down:
+            raise RuntimeError("cannot start runs after shutdown")
+        self._queue.put((job, run_times))
+        if self._idle:
+            self._idle -= 1
+        elif len(self._threads) < self.max_workers:
+            thread = threading.Thread(target=self._work, name=f"carnation-worker-{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
-        future = self._pool.submit(self._run_claimed, job, run_times)
-        future.add_done_callback(callback)
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            job, run_times = item
+            try:
+                events = self._run_claimed(job, run_times)
+            except BaseException as exc:  # a bug of ours: run_job catches what the job raises
+                self._finished(job.id, ())
+                self._logger.error("Error running job %s", job.id, exc_info=exc)
+            else:
+                self._finished(job.id, events)
+
+    def _finished(self, job_id: str, events: Iterable[JobExecutionEvent]) -> None:
+        # One lock round for both: the job's instance count (APScheduler's max_instances) and this idle thread.
+        with self._lock:
+            self._instances[job_id] -= 1
+            if self._instances[job_id] == 0:
+                del self._instances[job_id]
+            self._idle += 1
+        for event in events:
+            self._scheduler._dispatch_event(event)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Runs already queued still start (as with ThreadPoolExecutor); then the threads end."""
+        with self._lock:
+            self._shut_down = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
 
     def _run_claimed(self, job: Job, run_times: list[datetime]) -> list:
         # Claimed on the worker thread: the scheduler loop never waits on the database.
