@@ -572,7 +572,7 @@ class Engine:
                 self.remove_from_memory(job_id)
             for job_id, row in rows.items():
                 job = in_memory.get(job_id)
-                if row.broken or job_id in self.jobstore.finished:
+                if row.broken or self.jobstore.finishing(job_id):
                     continue  # a finished one-off's row stays until its last outcome is durable: never rerun it
                 if job is not None and job.args[0].to_json() == row.spec and (job.next_run_time is None) == row.paused:
                     continue
@@ -629,8 +629,10 @@ class Engine:
         self.db_error = message
 
     def _remember_runs(self, rows: list[dict[str, Any]]) -> None:
+        """The history writer's word that `rows` are durable."""
         for row in rows:
             self.last_runs[row["job_id"]] = row
+        self.jobstore.runs_recorded(rows)
 
     def _on_aps_event(self, event: aps.SchedulerEvent) -> None:
         """APScheduler's listener: runs on its threads, so it only converts and enqueues."""

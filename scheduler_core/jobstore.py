@@ -55,6 +55,7 @@ class SpecJobStore(MemoryJobStore):
         # Finished one-off jobs, id -> last run epoch: their row goes once that run's outcome is durable, so a
         # process taking over after a crash still sees what was claimed.
         self.finished: dict[str, float] = {}
+        self._recorded_finished: set[str] = set()  # finished one-offs whose last outcome is durable: rows to delete
         self.is_recorded: Callable[[str, float], bool] = lambda job_id, at: True
         self._pending_lock = threading.Lock()
         self._work = threading.Event()  # something to write: the writer sleeps without a timeout otherwise
@@ -115,7 +116,24 @@ class SpecJobStore(MemoryJobStore):
             return
         with self._pending_lock:
             self._pending.pop(job_id, None)
-            self.finished[job_id] = last_run
+            # Under the lock: runs_recorded() either sees this entry or ran before, when is_recorded() sees it.
+            if self.is_recorded(job_id, last_run):
+                self._recorded_finished.add(job_id)
+            else:
+                self.finished[job_id] = last_run
+        self._work.set()
+
+    def runs_recorded(self, rows: list[dict]) -> None:
+        """History rows became durable (called after `is_recorded` says so): finished one-off jobs whose last run
+        is among them can have their row deleted. Told, rather than scanning every finished job per write."""
+        if not self.finished:
+            return
+        with self._pending_lock:
+            for row in rows:
+                last_run = self.finished.get(row["job_id"])
+                if last_run is not None and row["scheduled_at"] >= last_run:
+                    del self.finished[row["job_id"]]
+                    self._recorded_finished.add(row["job_id"])
         self._work.set()
 
     def remove_all_jobs(self) -> None:
@@ -130,6 +148,7 @@ class SpecJobStore(MemoryJobStore):
         with self._pending_lock:
             self._pending.pop(job_id, None)
             self.finished.pop(job_id, None)
+            self._recorded_finished.discard(job_id)
             self._claim_requests.pop(job_id, None)
 
     def clear_memory(self) -> None:
@@ -139,6 +158,7 @@ class SpecJobStore(MemoryJobStore):
         with self._pending_lock:
             self.claimed.clear()
             self.finished.clear()
+            self._recorded_finished.clear()
             self._claim_requests.clear()
 
     def shutdown(self) -> None:
@@ -183,7 +203,12 @@ class SpecJobStore(MemoryJobStore):
         with self._written:
             self._work.set()
             self._wake.set()
-            return self._written.wait_for(lambda: not self._pending and not self._writing, timeout)
+            return self._written.wait_for(
+                lambda: not self._pending and not self._recorded_finished and not self._writing, timeout)
+
+    def finishing(self, job_id: str) -> bool:
+        """A one-off job that has run its last run, whose row is still there until that run's outcome is durable."""
+        return job_id in self.finished or job_id in self._recorded_finished
 
     _writing = False
 
@@ -191,7 +216,7 @@ class SpecJobStore(MemoryJobStore):
         with self._pending_lock:
             batch, self._pending = self._pending, {}
             claims, self._claim_requests = self._claim_requests, {}
-            done = [job_id for job_id, at in self.finished.items() if self.is_recorded(job_id, at)]
+            done, self._recorded_finished = list(self._recorded_finished), set()
             self._writing = bool(batch or claims or done)
         if not self._writing:
             return
@@ -210,6 +235,7 @@ class SpecJobStore(MemoryJobStore):
                 for job_id, at in claims.items():
                     if self._claim_requests.get(job_id, -1.0) < at:
                         self._claim_requests[job_id] = at
+                self._recorded_finished.update(done)
             raise
         finally:
             self._writing = False
@@ -222,8 +248,6 @@ class SpecJobStore(MemoryJobStore):
                     self.claimed[job_id] = at
             for job_id in deletes:
                 self.claimed.pop(job_id, None)
-            for job_id in done:
-                self.finished.pop(job_id, None)
 
     def _write_loop(self) -> None:
         self._connection = self.store.kept_connection()
