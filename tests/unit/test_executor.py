@@ -1,0 +1,145 @@
+"""ClaimingExecutor's own thread pool: bounded, reused, drains on shutdown, survives its own bugs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from scheduler_core.executor import ClaimingExecutor
+
+WAIT = 10.0
+
+
+class Probe:
+    """A job that records which thread ran it and how many ran at once, and can be held until released."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.threads: set[str] = set()
+        self.done = 0
+        self.release = threading.Event()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.threads.add(threading.current_thread().name)
+        self.release.wait(WAIT)
+        with self.lock:
+            self.running -= 1
+            self.done += 1
+
+
+def scheduler_with(executor: ClaimingExecutor) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(executors={"default": executor}, timezone=timezone.utc,
+                                    job_defaults={"misfire_grace_time": 3600})
+    scheduler.start()
+    return scheduler
+
+
+def add_due_jobs(scheduler: BackgroundScheduler, probe: Probe, count: int) -> None:
+    now = datetime.now(timezone.utc)
+    for i in range(count):
+        scheduler.add_job(probe, "date", run_date=now, id=f"j{i}")
+
+
+def wait_until(condition, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_never_more_threads_than_max_workers_and_threads_are_reused() -> None:
+    executor = ClaimingExecutor(3, claim=lambda job_id, at: True)
+    scheduler = scheduler_with(executor)
+    probe = Probe()
+    try:
+        add_due_jobs(scheduler, probe, 12)
+        assert wait_until(lambda: probe.running == 3)
+        time.sleep(0.1)  # a fourth thread, if one were started, would show up now
+        assert probe.running == 3
+        probe.release.set()
+        assert wait_until(lambda: probe.done == 12)
+        assert probe.peak == 3
+        assert len(probe.threads) == 3
+        assert len(executor._threads) == 3
+    finally:
+        probe.release.set()
+        scheduler.shutdown()
+
+
+def test_an_idle_thread_takes_the_next_run_instead_of_a_new_thread() -> None:
+    executor = ClaimingExecutor(5, claim=lambda job_id, at: True)
+    scheduler = scheduler_with(executor)
+    probe = Probe()
+    probe.release.set()
+    try:
+        for i in range(4):
+            scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id=f"j{i}")
+            assert wait_until(lambda: probe.done == i + 1)
+        assert len(executor._threads) == 1
+    finally:
+        scheduler.shutdown()
+
+
+def test_shutdown_without_wait_still_starts_queued_runs_then_ends_the_threads() -> None:
+    executor = ClaimingExecutor(2, claim=lambda job_id, at: True)
+    scheduler = scheduler_with(executor)
+    probe = Probe()
+    add_due_jobs(scheduler, probe, 6)
+    assert wait_until(lambda: probe.running == 2)
+    scheduler.shutdown(wait=False)
+    probe.release.set()
+    assert wait_until(lambda: probe.done == 6)
+    for thread in executor._threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    with pytest.raises(RuntimeError):
+        executor._do_submit_job(None, [])  # type: ignore[arg-type]
+
+
+def test_a_refused_claim_does_not_run_and_frees_the_slot() -> None:
+    refused = {"j0"}
+    executor = ClaimingExecutor(2, claim=lambda job_id, at: job_id not in refused)
+    scheduler = scheduler_with(executor)
+    probe = Probe()
+    probe.release.set()
+    executed: list[str] = []
+    scheduler.add_listener(lambda event: executed.append(event.job_id), EVENT_JOB_EXECUTED)
+    try:
+        add_due_jobs(scheduler, probe, 3)
+        assert wait_until(lambda: probe.done == 2)
+        assert wait_until(lambda: not executor._instances)
+        assert sorted(executed) == ["j1", "j2"]
+    finally:
+        scheduler.shutdown()
+
+
+def test_a_failure_outside_the_job_frees_the_slot_and_keeps_the_thread(caplog: pytest.LogCaptureFixture) -> None:
+    def on_start(job_id: str, at: datetime) -> None:
+        if job_id == "j0":
+            raise RuntimeError("bookkeeping bug")
+
+    executor = ClaimingExecutor(1, claim=lambda job_id, at: True, on_start=on_start)
+    scheduler = scheduler_with(executor)
+    probe = Probe()
+    probe.release.set()
+    try:
+        scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j0")
+        assert wait_until(lambda: "bookkeeping bug" in caplog.text)
+        assert wait_until(lambda: not executor._instances)
+        scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j1")
+        assert wait_until(lambda: probe.done == 1)
+        assert len(executor._threads) == 1 and executor._threads[0].is_alive()
+    finally:
+        scheduler.shutdown()
