@@ -7,6 +7,7 @@ database first, then to the in-memory scheduler, so a refused change leaves both
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -178,6 +179,11 @@ class Engine:
             if abandoned:
                 log.warning("%d run(s) of a stopped process never finished; recorded as abandoned", abandoned)
             self.jobstore.load(jobs)
+            # What is loaded now lives as long as the process. Out of the cyclic collector's sight, it no longer
+            # makes each full collection (which holds the GIL throughout) stop the scheduler: 86 ms with 1,000
+            # jobs, and every job due meanwhile fired that late. Cost: a frozen object that later ends up in a
+            # reference cycle is never freed (objects without cycles are, by their reference count).
+            gc.freeze()
             self.executing = True
             if self._scheduler_started:
                 self.scheduler.resume()
