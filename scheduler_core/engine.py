@@ -446,13 +446,12 @@ class Engine:
     def update(self, spec: JobSpec) -> None:
         """Replace a job's definition. Its schedule restarts from now; paused stays paused."""
         with self._lock:
-            row = self.store.get_job_row(spec.id)
             kinds.prepare(spec)
             trigger = self.make_trigger(spec)
-            paused = spec.paused
             nrt = self._first_run_time(spec, trigger)
-            self.store.update_job(spec.id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=paused,
-                                  source="user" if row.source != "config" else "config")
+            # Its source stays: a config job edited by hand is still the config's (the next start upserts it).
+            # No read first: the UPDATE itself says JobNotFound.
+            self.store.update_job(spec.id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=spec.paused)
             self.broken.pop(spec.id, None)
             if self.executing:
                 self._put_in_memory(self.make_job(spec, trigger, nrt), aps.EVENT_JOB_MODIFIED)
