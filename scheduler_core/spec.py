@@ -387,7 +387,8 @@ def merge_changes(current: JobSpec, changes: dict[str, Any]) -> JobSpec:
         raise SpecError("changes must be a JSON object")
     if not _is_flat(changes):
         return parse_spec({**current.model_dump(mode="json"), **changes})
-    base = to_flat(current)
+    # Flask-APScheduler's dict has no "paused" (it shows next_run_time None): an edit must not resume the job.
+    base = {**to_flat(current), "paused": current.paused}
     new_type = changes.get("trigger", base["trigger"])
     if isinstance(new_type, str) and (new_type != base["trigger"] or set(_FLAT_TRIGGER_FIELDS.get(new_type, ())) & changes.keys()):
         for name in _FLAT_TRIGGER_FIELDS[base["trigger"]]:

@@ -222,6 +222,11 @@ def test_config_jobs_upsert_on_every_start_without_conflict(make_settings, db_ur
         assert [v.id for v in console.list_jobs()] == ["cfg"]
         if round_ == 0:
             console.pause_job("cfg")
+            console.update_job("cfg", {"seconds": 60})  # edited by hand, still the config's
+            console.add_job(interval_job("mine"))
+            console.update_job("mine", {"seconds": 60})
+            assert [engine.store.get_job_row(i).source for i in ("cfg", "mine")] == ["config", "user"]
+            console.remove_job("mine")
         assert console.get_job("cfg").state == "paused"  # runtime state is kept across restarts
         engine.stop()
     changed = [{**jobs[0], "seconds": 45}]

@@ -127,6 +127,18 @@ def test_merge_changes_flat_and_nested() -> None:
     assert info.value.fields == ["hour"]
 
 
+def test_merge_changes_keeps_every_field_it_is_not_given() -> None:
+    """Flask-APScheduler's flat dict has no "paused": a PATCH of a paused job's schedule once resumed it."""
+    spec = parse_spec({"id": "j", "target": "m:f", "trigger": {"type": "interval", "seconds": 5}, "paused": True,
+                       "name": "N", "timeout": 3, "misfire_grace_time": 4, "coalesce": False, "jitter": 2,
+                       "max_instances": 3, "description": "d", "tags": ["x"], "timezone": "UTC"})
+    for changes in ({"seconds": 6}, {"trigger": "cron", "hour": "3"}, {"name": "M"}):
+        merged = merge_changes(spec, changes)
+        kept = {name for name in JobSpec.model_fields if name not in ("trigger", "name")}
+        assert {name: getattr(merged, name) for name in kept} == {name: getattr(spec, name) for name in kept}, changes
+    assert not merge_changes(spec, {"seconds": 6, "paused": False}).paused
+
+
 # --- properties ------------------------------------------------------------------------------------------------
 
 hour_value = st.one_of(st.sampled_from(["*", "*/5", "1-5", "0,12", "8-18/2"]), st.integers(0, 23).map(str))
