@@ -121,7 +121,7 @@ class SpecJobStore(MemoryJobStore):
                 self._recorded_finished.add(job_id)
             else:
                 self.finished[job_id] = last_run
-        self._work.set()
+        self._signal_work()
 
     def runs_recorded(self, rows: list[dict]) -> None:
         """History rows became durable (called after `is_recorded` says so): finished one-off jobs whose last run
@@ -193,7 +193,13 @@ class SpecJobStore(MemoryJobStore):
     def _queue(self, job_id: str, value: float | None | object) -> None:
         with self._pending_lock:
             self._pending[job_id] = value  # newer state of the same job replaces the older: one write per job
-        self._work.set()
+        self._signal_work()
+
+    def _signal_work(self) -> None:
+        # Event.set() takes a lock and notifies even when the event is set already, and the scheduler loop gets
+        # here on every fire. Safe: the writer clears the event before it takes the batch this call added to.
+        if not self._work.is_set():
+            self._work.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far. True when nothing is left pending."""
@@ -262,7 +268,7 @@ class SpecJobStore(MemoryJobStore):
                 self._stopping.wait(1.0)
             with self._written:
                 self._written.notify_all()
-            if self._pending or self._claim_requests or self.finished:
+            if self._pending or self._claim_requests or self._recorded_finished:  # left by a failed write
                 self._work.set()
         self._connection.close()
 
