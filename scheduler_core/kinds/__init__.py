@@ -87,7 +87,8 @@ def execute(spec: JobSpec) -> RunResult:
     Returns a RunResult with started_at/finished_at (aware UTC) and the kind's details. Any failure, including a
     timeout or a bug in carnation itself, is raised as JobFailed with the RunResult filled in as far as known.
     """
-    result = RunResult(started_at=utcnow(), finished_at=utcnow())
+    started = utcnow()
+    result = RunResult(started_at=started, finished_at=started)
     try:
         _KINDS[spec.kind].run(spec, result)
     except JobFailed as exc:
