@@ -424,8 +424,20 @@ class Store:
                     [{"b_id": job_id, "b_claim": at} for job_id, at in claims],
                 )
             if deletes:
-                for start in range(0, len(deletes), 500):
-                    conn.execute(jobs_table.delete().where(cols.id.in_(deletes[start:start + 500])))
+                self._delete_jobs(conn, deletes)
+
+    def _delete_jobs(self, conn: sa.Connection, ids: list[str]) -> None:
+        """Rows of finished one-off jobs, many at once after a burst of them."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        table, id_ = quote(jobs_table.name), quote("id")
+        if self.dialect == "postgresql":
+            # One array parameter: no statement text per batch size for psycopg to parse and prepare.
+            conn.exec_driver_sql(f"DELETE FROM {table} WHERE {id_} = ANY(%s)", (ids,))
+        elif self.dialect == "sqlite":
+            conn.exec_driver_sql(f"DELETE FROM {table} WHERE {id_} = ?", [(job_id,) for job_id in ids])
+        else:  # MariaDB: pymysql sends an executemany DELETE as one round trip per row
+            for start in range(0, len(ids), 500):
+                conn.execute(jobs_table.delete().where(jobs_table.c.id.in_(ids[start:start + 500])))
 
     def claim_stored_next_run_times(self, unchanged_since_seq: int) -> None:
         """Claim every stored next run time not claimed yet, on rows no edit touched after `unchanged_since_seq`: a

@@ -186,3 +186,7 @@ def test_next_run_times_claim_their_runs_and_spare_paused_jobs(store: Store) -> 
     store.write_next_run_times([], claims=[("j010", 900.0), ("j011", 2000.0)])
     rows = {row.id: row for row in store.load_jobs()}
     assert rows["j010"].claimed_until == 1010.0 and rows["j011"].claimed_until == 2000.0
+    # finished one-off jobs go, many at once, the others stay
+    gone = [f"j{i:03d}" for i in range(0, count, 2)]
+    store.write_next_run_times([], deletes=gone + ["never-existed"])
+    assert sorted(row.id for row in store.load_jobs()) == [f"j{i:03d}" for i in range(1, count, 2)]
