@@ -449,12 +449,20 @@ class Engine:
             kinds.prepare(spec)
             trigger = self.make_trigger(spec)
             nrt = self._first_run_time(spec, trigger)
+            self._record_runs_going_on(spec.id)
             # Its source stays: a config job edited by hand is still the config's (the next start upserts it).
             # No read first: the UPDATE itself says JobNotFound.
             self.store.update_job(spec.id, spec_json=spec.to_json(), next_run_time=to_epoch(nrt), paused=spec.paused)
             self.broken.pop(spec.id, None)
             if self.executing:
                 self._put_in_memory(self.make_job(spec, trigger, nrt), aps.EVENT_JOB_MODIFIED)
+
+    def _record_runs_going_on(self, job_id: str) -> None:
+        """Before an edit moves or drops a job's claim: its runs going on get their "running" rows now. A process
+        taking over after a crash finds claimed runs by walking the job's stored schedule; a run of the old
+        schedule is found only by its row."""
+        if self.executing and not self.history.record_running_now(job_id):
+            log.warning("runs of %s going on are not recorded yet; editing it anyway", job_id)
 
     def set_paused(self, job_id: str, paused: bool) -> None:
         with self._lock:
@@ -478,6 +486,7 @@ class Engine:
 
     def remove(self, job_id: str) -> None:
         with self._lock:
+            self._record_runs_going_on(job_id)
             if not self.store.delete_job(job_id):
                 raise JobNotFound(job_id)
             self.broken.pop(job_id, None)

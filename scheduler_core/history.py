@@ -129,6 +129,7 @@ class HistoryRecorder:
         # so a process taking over after a crash finds every run older than that in the history.
         self._running: dict[tuple[str, float], list] = {}
         self._flight_lock = threading.Lock()
+        self._record_now: set[str] = set()  # jobs whose runs going on get their "running" rows at once
         self.recorded_until: dict[str, float] = {}  # job id -> latest scheduled time with a durable row
 
     MARK_AFTER = 1.0
@@ -157,12 +158,31 @@ class HistoryRecorder:
         rows = []
         with self._flight_lock:
             for (job_id, scheduled_at), entry in self._running.items():
-                if not entry[1] and (entry[0] <= old or scheduled_at < newest.get(job_id, -1.0)):
+                if not entry[1] and (entry[0] <= old or scheduled_at < newest.get(job_id, -1.0)
+                                     or job_id in self._record_now):
                     entry[1] = True
                     row = run_row(job_id, scheduled_at, "running")
                     row["started_at"] = time.time() - (time.monotonic() - entry[0])
                     rows.append(row)
         return rows
+
+    def record_running_now(self, job_id: str, timeout: float = 5.0) -> bool:
+        """Write "running" rows for `job_id`'s runs going on now, rather than MARK_AFTER from their start, and wait
+        until they are durable. An edit calls this before it moves the job's claim: a process taking over after a
+        crash finds runs of the old schedule only by their rows. False if that did not happen within `timeout`."""
+        with self._flight_lock:
+            if not any(jid == job_id and not entry[1] for (jid, _), entry in self._running.items()):
+                return True
+            self._record_now.add(job_id)
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while job_id in self._record_now:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return False
+                self._wake.set()
+                self._idle.wait(min(remaining, 0.05))
+        return True
 
     def _remember_written(self, batch: list[dict[str, Any]]) -> None:
         for row in batch:
@@ -233,8 +253,10 @@ class HistoryRecorder:
             self._wake.clear()
             while True:
                 batch = self._take_batch()
+                recording_now = set(self._record_now)
                 batch[:0] = self._running_rows(batch)
                 if not batch:
+                    self._record_now -= recording_now  # their runs ended meanwhile: nothing left to mark
                     break
                 self._in_flight = len(batch)
                 try:
@@ -260,6 +282,7 @@ class HistoryRecorder:
                     for row in duplicates:
                         log.error("job %s ran twice for scheduled time %s", row["job_id"], row["scheduled_at"])
                 self._in_flight = 0
+                self._record_now -= recording_now
                 self._remember_written(batch)
                 if self._on_rows:
                     self._on_rows(batch)

@@ -104,6 +104,28 @@ def test_a_long_run_gets_a_running_row_and_a_finished_one_off_row_goes_after_its
     wait_for(lambda: not job_rows(engine), message="the finished one-off job's row to go")
 
 
+@pytest.mark.parametrize("edit", ["update", "remove"])
+def test_an_edit_records_the_jobs_run_going_on_before_it_moves_the_claim(
+        console: Console, engine: Engine, tmp_path: Path, edit: str) -> None:
+    """A takeover after a crash finds claimed runs by walking the job's stored schedule: once an edit has replaced
+    that schedule, a run of the old one is found only by its row, so the edit writes it first (not MARK_AFTER
+    from the run's start)."""
+    release = tmp_path / "release"
+    start = datetime.now(timezone.utc) + timedelta(seconds=0.3)
+    console.add_job({"id": "e", "func": "tests.sample_jobs:block_until", "args": [str(release)],
+                     "trigger": "interval", "seconds": 3600, "start_date": start.isoformat()})
+    try:
+        wait_for(lambda: engine.running_count("e") == 1, message="the run to start")
+        if edit == "update":
+            console.update_job("e", {"seconds": 7200})
+        else:
+            console.remove_job("e")
+        assert list(runs(engine, "e").values()) == ["running"]
+    finally:
+        release.touch()
+    wait_for(lambda: list(runs(engine, "e").values()) == ["success"], message="the run's outcome")
+
+
 def test_an_outcome_arriving_after_a_takeover_replaces_the_abandoned_row(engine: Engine) -> None:
     at = time.time()
     assert engine.store.insert_runs([run_row("x", at, "abandoned")]) == (1, [])
