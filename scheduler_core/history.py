@@ -20,7 +20,7 @@ from typing import Any
 from apscheduler import events as aps
 
 from .kinds import JobFailed, RunResult
-from .store import Store, to_epoch
+from .store import Store
 
 log = logging.getLogger(__name__)
 

@@ -126,15 +126,18 @@ class SpecJobStore(MemoryJobStore):
     def runs_recorded(self, rows: list[dict]) -> None:
         """History rows became durable (called after `is_recorded` says so): finished one-off jobs whose last run
         is among them can have their row deleted. Told, rather than scanning every finished job per write."""
-        if not self.finished:
-            return
-        with self._pending_lock:
+        found = False
+        with self._pending_lock:  # the emptiness check too: see remove_job
+            if not self.finished:
+                return
             for row in rows:
                 last_run = self.finished.get(row["job_id"])
                 if last_run is not None and row["scheduled_at"] >= last_run:
                     del self.finished[row["job_id"]]
                     self._recorded_finished.add(row["job_id"])
-        self._work.set()
+                    found = True
+        if found:
+            self._signal_work()
 
     def remove_all_jobs(self) -> None:
         for job in self.get_all_jobs():
