@@ -564,10 +564,31 @@ class Store:
     _run_values = staticmethod(operator.itemgetter(*_RUN_COLUMNS))
 
     def _insert_runs(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        # The driver's own executemany (sqlite3's, pymysql's multi-row INSERT, psycopg's pipeline): Core's per-row
-        # parameter processing cost 3 to 4 times its CPU per row, for columns that need no conversion. sqlite3
-        # also lets go of the GIL while SQLite works, so a batch does not hold up the run that is due meanwhile.
-        conn.exec_driver_sql(self._insert_runs_sql, list(map(self._run_values, rows)))
+        # The driver's own executemany (sqlite3's, pymysql's multi-row INSERT): Core's per-row parameter
+        # processing cost 3 to 4 times its CPU per row, for columns that need no conversion. sqlite3 also lets go
+        # of the GIL while SQLite works, so a batch does not hold up the run that is due meanwhile.
+        if self.dialect == "postgresql":
+            self._copy_runs(conn, map(self._run_values, rows))
+        else:
+            conn.exec_driver_sql(self._insert_runs_sql, list(map(self._run_values, rows)))
+
+    def _copy_runs(self, conn: sa.Connection, values: Iterable[tuple[Any, ...]]) -> None:
+        # COPY: psycopg writes the rows in C, a quarter of its executemany's CPU per row (4 against 15 µs). A clash
+        # on the unique key fails the whole COPY, as it would the INSERT: raised as IntegrityError, insert_runs then
+        # goes row by row.
+        import psycopg
+
+        quote = self.engine.dialect.identifier_preparer.quote
+        statement = f"COPY {quote(runs_table.name)} ({', '.join(map(quote, self._RUN_COLUMNS))}) FROM STDIN"
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(statement) as copy:
+                for row in values:
+                    copy.write_row(row)
+        except psycopg.IntegrityError as exc:
+            raise IntegrityError(statement, None, exc) from exc
+        finally:
+            cursor.close()
 
     @functools.cached_property
     def _insert_runs_sql(self) -> str:
