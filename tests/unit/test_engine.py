@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -348,6 +349,13 @@ def test_jobs_loaded_at_start_are_kept_out_of_full_garbage_collections(make_sett
         job = engine.scheduler.get_job("kept")
         assert job is not None
         assert not any(obj is job for obj in gc.get_objects())
+        # The collector never frees a frozen object in a cycle: a job replaced by an edit or removed must go by
+        # its reference count alone, or every edit of a loaded job would leak it.
+        gone = [weakref.ref(job), weakref.ref(job.args[0])]
+        del job
+        Console(engine).update_job("kept", {"seconds": 60})
+        Console(engine).remove_job("kept")
+        assert [ref() for ref in gone] == [None, None]
     finally:
         engine.stop()
         engine.store.close()
