@@ -52,7 +52,7 @@ def run_row(
         started, finished = result.started_at.timestamp(), result.finished_at.timestamp()
         duration, return_value, exit_code, http_status = (result.duration, result.return_value, result.exit_code,
                                                           result.http_status)
-        output = result.output if result.output is None else _clip(result.output)
+        output = _clip(result.output)
     return {
         "job_id": job_id,
         "scheduled_at": scheduled,
@@ -63,8 +63,8 @@ def run_row(
         "duration": duration,
         "outcome": outcome,
         "return_value": return_value,
-        "exception": None if exception is None else _clip(exception, 2000),
-        "traceback": None if traceback is None else _clip(traceback),
+        "exception": _clip(exception, 2000),
+        "traceback": _clip(traceback),
         "output": output,
         "exit_code": exit_code,
         "http_status": http_status,
@@ -174,15 +174,7 @@ class HistoryRecorder:
             if not any(jid == job_id and not entry[1] for (jid, _), entry in self._running.items()):
                 return True
             self._record_now.add(job_id)
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while job_id in self._record_now:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
-                    return False
-                self._wake.set()
-                self._idle.wait(min(remaining, 0.05))
-        return True
+        return self._wait_for_writer(lambda: job_id not in self._record_now, timeout)
 
     def _remember_written(self, batch: list[dict[str, Any]]) -> None:
         for row in batch:
@@ -208,15 +200,19 @@ class HistoryRecorder:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything recorded so far is written (or timeout). True if the queue emptied."""
+        return self._wait_for_writer(lambda: not self.pending, timeout)
+
+    def _wait_for_writer(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Keep the writer awake until `done()` (checked after each of its rounds); False on timeout or if the
+        writer is not running."""
         deadline = time.monotonic() + timeout
-        self._wake.set()
         with self._idle:
-            while self.pending:
+            while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
-                self._idle.wait(min(remaining, 0.05))
                 self._wake.set()
+                self._idle.wait(min(remaining, 0.05))
         return True
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -529,7 +529,7 @@ class Store:
             return 0, []
         source: Connectable = via or self.engine
         claimed = [r for r in rows if r.get("_claimed")]
-        # Core and the sqlite3 path both ignore the bookkeeping keys: no copy of each row without them.
+        # _insert_runs takes the columns by name, so the bookkeeping keys need no copy of each row without them.
         fresh = [r for r in rows if not r.get("_claimed")] if claimed else rows
         try:
             with source.begin() as conn:
@@ -567,7 +567,7 @@ class Store:
         # The driver's own executemany (sqlite3's, pymysql's multi-row INSERT): Core's per-row parameter
         # processing cost 3 to 4 times its CPU per row, for columns that need no conversion. sqlite3 also lets go
         # of the GIL while SQLite works, so a batch does not hold up the run that is due meanwhile.
-        if self.dialect == "postgresql":
+        if self.engine.dialect.driver == "psycopg":  # (postgresql+psycopg2:// has no cursor.copy)
             self._copy_runs(conn, map(self._run_values, rows))
         else:
             conn.exec_driver_sql(self._insert_runs_sql, list(map(self._run_values, rows)))
@@ -578,8 +578,7 @@ class Store:
         # goes row by row.
         import psycopg
 
-        quote = self.engine.dialect.identifier_preparer.quote
-        statement = f"COPY {quote(runs_table.name)} ({', '.join(map(quote, self._RUN_COLUMNS))}) FROM STDIN"
+        statement = f"COPY {self._runs_into} FROM STDIN"
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cursor.copy(statement) as copy:
@@ -591,10 +590,14 @@ class Store:
             cursor.close()
 
     @functools.cached_property
-    def _insert_runs_sql(self) -> str:
+    def _runs_into(self) -> str:
+        """`carnation_runs (job_id, ...)`, quoted for this dialect: the target of the INSERT and of COPY."""
         quote = self.engine.dialect.identifier_preparer.quote
-        return (f"INSERT INTO {quote(runs_table.name)} ({', '.join(map(quote, self._RUN_COLUMNS))}) "
-                f"VALUES ({', '.join([self._placeholder] * len(self._RUN_COLUMNS))})")
+        return f"{quote(runs_table.name)} ({', '.join(map(quote, self._RUN_COLUMNS))})"
+
+    @functools.cached_property
+    def _insert_runs_sql(self) -> str:
+        return f"INSERT INTO {self._runs_into} VALUES ({', '.join([self._placeholder] * len(self._RUN_COLUMNS))})"
 
     _FINISH_COLUMNS = ("host", "pid", "started_at", "finished_at", "duration", "outcome", "return_value", "exception",
                        "traceback", "output", "exit_code", "http_status", "recorded_at")

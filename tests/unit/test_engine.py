@@ -85,6 +85,9 @@ def test_bad_input_changes_nothing(console: Console) -> None:
     with pytest.raises(SpecError) as info:
         console.update_job("keep", {"hour": "99", "trigger": "cron"})
     assert info.value.fields == ["hour"]
+    # A whole spec for a job that is not there: the UPDATE itself says so (no row is read first), nothing is added.
+    with pytest.raises(JobNotFound):
+        console.update_job("absent", console.get_spec("keep").model_copy(update={"id": "absent"}))
     assert console.list_jobs() == before
 
 

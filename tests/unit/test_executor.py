@@ -11,6 +11,7 @@ from apscheduler.events import EVENT_JOB_EXECUTED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler_core.executor import ClaimingExecutor
+from tests.conftest import wait_for
 
 WAIT = 10.0
 
@@ -50,26 +51,17 @@ def add_due_jobs(scheduler: BackgroundScheduler, probe: Probe, count: int) -> No
         scheduler.add_job(probe, "date", run_date=now, id=f"j{i}")
 
 
-def wait_until(condition, timeout: float = WAIT) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_never_more_threads_than_max_workers_and_threads_are_reused() -> None:
     executor = ClaimingExecutor(3, claim=lambda job_id, at: True)
     scheduler = scheduler_with(executor)
     probe = Probe()
     try:
         add_due_jobs(scheduler, probe, 12)
-        assert wait_until(lambda: probe.running == 3)
+        wait_for(lambda: probe.running == 3, message="3 runs going on")
         time.sleep(0.1)  # a fourth thread, if one were started, would show up now
         assert probe.running == 3
         probe.release.set()
-        assert wait_until(lambda: probe.done == 12)
+        wait_for(lambda: probe.done == 12, message="all 12 runs")
         assert probe.peak == 3
         assert len(probe.threads) == 3
         assert len(executor._threads) == 3
@@ -86,7 +78,8 @@ def test_an_idle_thread_takes_the_next_run_instead_of_a_new_thread() -> None:
     try:
         for i in range(4):
             scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id=f"j{i}")
-            assert wait_until(lambda: probe.done == i + 1)
+            # Its thread is idle again once the run's slot is freed (same lock), not when the job returns.
+            wait_for(lambda: probe.done == i + 1 and not executor._instances, message=f"run {i} to finish")
         assert len(executor._threads) == 1
     finally:
         scheduler.shutdown()
@@ -97,10 +90,10 @@ def test_shutdown_without_wait_still_starts_queued_runs_then_ends_the_threads() 
     scheduler = scheduler_with(executor)
     probe = Probe()
     add_due_jobs(scheduler, probe, 6)
-    assert wait_until(lambda: probe.running == 2)
+    wait_for(lambda: probe.running == 2, message="2 runs going on")
     scheduler.shutdown(wait=False)
     probe.release.set()
-    assert wait_until(lambda: probe.done == 6)
+    wait_for(lambda: probe.done == 6, message="all 6 runs, queued ones included")
     for thread in executor._threads:
         thread.join(WAIT)
         assert not thread.is_alive()
@@ -118,8 +111,8 @@ def test_a_refused_claim_does_not_run_and_frees_the_slot() -> None:
     scheduler.add_listener(lambda event: executed.append(event.job_id), EVENT_JOB_EXECUTED)
     try:
         add_due_jobs(scheduler, probe, 3)
-        assert wait_until(lambda: probe.done == 2)
-        assert wait_until(lambda: not executor._instances)
+        wait_for(lambda: probe.done == 2, message="the 2 claimed runs")
+        wait_for(lambda: not executor._instances, message="every run's slot freed")
         assert sorted(executed) == ["j1", "j2"]
     finally:
         scheduler.shutdown()
@@ -136,10 +129,10 @@ def test_a_failure_outside_the_job_frees_the_slot_and_keeps_the_thread(caplog: p
     probe.release.set()
     try:
         scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j0")
-        assert wait_until(lambda: "bookkeeping bug" in caplog.text)
-        assert wait_until(lambda: not executor._instances)
+        wait_for(lambda: "bookkeeping bug" in caplog.text, message="the bookkeeping failure logged")
+        wait_for(lambda: not executor._instances, message="every run's slot freed")
         scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j1")
-        assert wait_until(lambda: probe.done == 1)
+        wait_for(lambda: probe.done == 1, message="the next run on the same thread")
         assert len(executor._threads) == 1 and executor._threads[0].is_alive()
     finally:
         scheduler.shutdown()
