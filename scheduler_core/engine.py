@@ -37,6 +37,7 @@ from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
 from .jobstore import SpecJob, SpecJobStore
 from .spec import JobSpec, build_trigger, from_flat
 from .store import JobRow, Store, from_epoch, jobs_table, to_epoch
+from .writer import make_writer
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ class Engine:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._lock = threading.RLock()  # serialises this process's edits against the change poller
-        self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem)
-        self.jobstore = SpecJobStore(self.store)
+        in_child = settings.writer_process
+        self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem,
+                                       make_writer=lambda: make_writer(self.store, "history", in_child))
+        self.jobstore = SpecJobStore(self.store, make_writer=lambda: make_writer(self.store, "jobstore", in_child))
         self.jobstore.is_recorded = lambda job_id, at: self.history.recorded_until.get(job_id, -1.0) >= at
         self.executor = ClaimingExecutor(settings.workers, self._claim, on_start=self._run_started)
         self._manual_runs: set[tuple[str, float]] = set()  # run-now runs: claimed by a "running" row

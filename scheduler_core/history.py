@@ -21,6 +21,7 @@ from apscheduler import events as aps
 
 from .kinds import JobFailed, RunResult
 from .store import Store
+from .writer import LocalWriter, Writer
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,10 @@ class HistoryRecorder:
         buffer_limit: int = 100_000,
         on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
         on_problem: Callable[[str], None] | None = None,
+        make_writer: Callable[[], Writer] | None = None,
     ) -> None:
         self.store = store
+        self._make_writer = make_writer or (lambda: LocalWriter(store))
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._queue: deque[dict[str, Any]] = deque(maxlen=buffer_limit)
@@ -118,6 +121,7 @@ class HistoryRecorder:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._thread: threading.Thread | None = None
+        self._store_writer: Writer | None = None  # the writer thread's own, once it runs
         self._on_rows = on_rows
         self._on_problem = on_problem
         self.written = 0
@@ -231,7 +235,7 @@ class HistoryRecorder:
 
     def _run(self) -> None:
         backoff = self.flush_interval
-        connection = self.store.kept_connection()
+        self._store_writer = writer = self._make_writer()
         while not self._stopping.is_set():
             if self._queue or self._running or self.failing_since:
                 self._wake.wait(self.flush_interval if not self.failing_since else backoff)
@@ -256,7 +260,7 @@ class HistoryRecorder:
                     break
                 self._in_flight = len(batch)
                 try:
-                    inserted, duplicates = self.store.insert_runs(batch, via=connection)
+                    inserted, duplicates = writer.insert_runs(batch)
                 except Exception as exc:  # database down: keep the rows, in order, and retry
                     for row in reversed(batch):
                         self._queue.appendleft(row)
@@ -284,4 +288,4 @@ class HistoryRecorder:
                     self._on_rows(batch)
             with self._idle:
                 self._idle.notify_all()
-        connection.close()
+        writer.close()

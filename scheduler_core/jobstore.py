@@ -23,7 +23,8 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 
 from .executor import ClaimFailed
-from .store import KeptConnection, Store, to_epoch
+from .store import Store, to_epoch
+from .writer import LocalWriter, Writer
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,11 @@ class SpecJob(Job):
 
 
 class SpecJobStore(MemoryJobStore):
-    def __init__(self, store: Store, flush_interval: float = 0.2) -> None:
+    def __init__(self, store: Store, flush_interval: float = 0.2,
+                 make_writer: Callable[[], Writer] | None = None) -> None:
         super().__init__()
         self.store = store
+        self._make_writer = make_writer or (lambda: LocalWriter(store))
         self.flush_interval = flush_interval
         self._pending: dict[str, float | None | object] = {}  # id -> next run epoch, or _DELETE
         self._claim_requests: dict[str, float] = {}  # id -> run to claim without moving the next run time
@@ -63,7 +66,7 @@ class SpecJobStore(MemoryJobStore):
         self._stopping = threading.Event()
         self._written = threading.Condition()
         self._writer: threading.Thread | None = None
-        self._connection: KeptConnection | None = None  # the writer thread's own, once it runs
+        self._store_writer: Writer | None = None  # the writer thread's own, once it runs
         self.write_errors = 0
 
     # --- loading ------------------------------------------------------------------------------------------------
@@ -232,8 +235,7 @@ class SpecJobStore(MemoryJobStore):
         changes = [(job_id, value) for job_id, value in batch.items() if value is not _DELETE]
         deletes = [job_id for job_id, value in batch.items() if value is _DELETE] + done
         try:
-            self.store.write_next_run_times(changes, deletes, list(claims.items()),  # type: ignore[arg-type]
-                                            via=self._connection)
+            self._store_writer.write_next_run_times(changes, deletes, list(claims.items()))  # type: ignore
         except Exception as exc:
             self.write_errors += 1
             log.warning("next run times not written yet (retrying): %s", exc)
@@ -259,7 +261,8 @@ class SpecJobStore(MemoryJobStore):
                 self.claimed.pop(job_id, None)
 
     def _write_loop(self) -> None:
-        self._connection = self.store.kept_connection()
+        self._store_writer = self._make_writer()
+        self._store_writer.open()
         while not self._stopping.is_set():
             self._work.wait()
             self._wake.wait(self.flush_interval)  # gather a batch, unless someone waits for it
@@ -273,7 +276,7 @@ class SpecJobStore(MemoryJobStore):
                 self._written.notify_all()
             if self._pending or self._claim_requests or self._recorded_finished:  # left by a failed write
                 self._work.set()
-        self._connection.close()
+        self._store_writer.close()
 
 
 def _order(entry: tuple[Job, float | None]) -> tuple[bool, float, str]:

@@ -247,6 +247,12 @@ class Store:
         self.end_poll()
         self.engine.dispose()
 
+    @property
+    def shared_between_processes(self) -> bool:
+        """False for an in-memory SQLite database, which only this process can open."""
+        url = self.engine.url
+        return not (self.dialect == "sqlite" and url.database in (None, "", ":memory:"))
+
     def kept_connection(self) -> KeptConnection:
         """A connection for one writer thread to keep (see KeptConnection)."""
         return KeptConnection(self.engine)
@@ -574,8 +580,7 @@ class Store:
 
     def _copy_runs(self, conn: sa.Connection, values: Iterable[tuple[Any, ...]]) -> None:
         # COPY: psycopg writes the rows in C, a quarter of its executemany's CPU per row (4 against 15 µs). A clash
-        # on the unique key fails the whole COPY, as it would the INSERT: raised as IntegrityError, insert_runs then
-        # goes row by row.
+        # on the unique key fails the whole COPY, as it would the INSERT: insert_runs then goes row by row.
         import psycopg
 
         statement = f"COPY {self._runs_into} FROM STDIN"
@@ -584,8 +589,10 @@ class Store:
             with cursor.copy(statement) as copy:
                 for row in values:
                     copy.write_row(row)
-        except psycopg.IntegrityError as exc:
-            raise IntegrityError(statement, None, exc) from exc
+        except psycopg.Error as exc:
+            # Wrapped as SQLAlchemy wraps what the driver raises (IntegrityError, OperationalError, ...): callers,
+            # and KeptConnection, which drops a broken connection, see the same types as on the other paths.
+            raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
         finally:
             cursor.close()
 

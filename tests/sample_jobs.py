@@ -48,10 +48,13 @@ def exit_job(code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def block_until(path: str, timeout: float = 10.0) -> str:
-    """Hold a worker until `path` exists (or timeout): lets a test keep a run going as long as it needs."""
+def block_until(path: str, timeout: float = 10.0, started: str | None = None) -> str:
+    """Hold a worker until `path` exists (or timeout): lets a test keep a run going as long as it needs. Creates
+    `started`, if given, as it begins (a submitted run may still wait for its claim)."""
     import os
 
+    if started:
+        open(started, "w").close()
     deadline = time.monotonic() + timeout
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -14,6 +14,7 @@ from scheduler_core.console import Console
 from scheduler_core.engine import Engine
 from scheduler_core.history import run_row
 from scheduler_core.store import LEASE_NAME, jobs_table, leader_table, runs_table
+from scheduler_core.writer import LocalWriter, ProcessWriter
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.db
@@ -112,10 +113,11 @@ def test_an_edit_records_the_jobs_run_going_on_before_it_moves_the_claim(
     from the run's start)."""
     release = tmp_path / "release"
     start = datetime.now(timezone.utc) + timedelta(seconds=0.3)
-    console.add_job({"id": "e", "func": "tests.sample_jobs:block_until", "args": [str(release)],
+    started = tmp_path / "started"
+    console.add_job({"id": "e", "func": "tests.sample_jobs:block_until", "args": [str(release), 10, str(started)],
                      "trigger": "interval", "seconds": 3600, "start_date": start.isoformat()})
     try:
-        wait_for(lambda: engine.running_count("e") == 1, message="the run to start")
+        wait_for(started.exists, message="the run to start")
         if edit == "update":
             console.update_job("e", {"seconds": 7200})
         else:
@@ -141,7 +143,8 @@ def test_no_run_starts_while_its_claim_cannot_be_written(console: Console, engin
     def unreachable(*args: object, **kwargs: object) -> None:
         raise sa.exc.OperationalError("UPDATE", {}, Exception("database unreachable"))
 
-    monkeypatch.setattr(engine.store, "write_next_run_times", unreachable)
+    for writer in (LocalWriter, ProcessWriter):  # whichever writes the claims
+        monkeypatch.setattr(writer, "write_next_run_times", unreachable)
     console.add_job({"id": "now", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
                      "seconds": 1})
     refused = wait_for(lambda: [r for r in console.history("now").items if r.outcome == "error"],

@@ -1,0 +1,231 @@
+"""Database writes of the two writer threads, done in a child process so their driver work does not hold the GIL.
+
+The history writer and the jobstore's write-behind each turn a batch into SQL and hand it to the driver. On MariaDB
+PyMySQL does that in Python (~12 µs per history row), and on every driver part of it holds the GIL: a run due while a
+batch of 100 is being written waited for it (up to 1-2 ms, the lateness p99 at 10,000 jobs). A `ProcessWriter`
+sends the batch, pickled in C, to a child process with its own `Store` and connection, and waits for the answer
+on a pipe with the GIL released. `LocalWriter` does the same calls in the calling thread (the fallback, and
+`writer_process = false`).
+
+The child ignores SIGINT and SIGTERM: Ctrl-C in a terminal and `systemctl stop` signal the whole process group,
+and the parent must still be able to write what it holds before it exits. It exits when its pipe closes, which
+includes the parent being killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from typing import Any, Protocol, Sequence
+
+from .store import KeptConnection, Store
+
+log = logging.getLogger(__name__)
+
+
+class Writer(Protocol):
+    def open(self) -> None: ...
+
+    def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]: ...
+
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+                             claims: Sequence[tuple[str, float]] = ()) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WriterGone(Exception):
+    """The child process died or could not be started; the batch was not written (the caller retries)."""
+
+
+class LocalWriter:
+    """The writes in the calling thread, over a connection it keeps."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._connection: KeptConnection = store.kept_connection()
+
+    def open(self) -> None:
+        pass
+
+    def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        return self.store.insert_runs(rows, via=self._connection)
+
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+                             claims: Sequence[tuple[str, float]] = ()) -> None:
+        self.store.write_next_run_times(changes, deletes, claims, via=self._connection)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+_METHODS = ("insert_runs", "write_next_run_times")
+
+
+def make_writer(store: Store, name: str, in_child_process: bool) -> Writer:
+    """The writer for one writer thread: a ProcessWriter, unless told otherwise or the database is an in-memory
+    SQLite one, which a child process cannot open."""
+    if in_child_process and store.shared_between_processes:
+        return ProcessWriter(store, name)
+    return LocalWriter(store)
+
+
+class ProcessWriter:
+    """The writes in a child process (`python -c _CHILD_MAIN`), started on first use and again after it
+    dies. One caller at a time (each writer thread has its own). If the child cannot be started, or dies before
+    answering three times in a row, the writes go on in the calling thread (LocalWriter) and that is logged."""
+
+    GIVE_UP_AFTER = 3
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._to_child: Connection | None = None
+        self._from_child: Connection | None = None
+        self._failed_starts = 0
+        self._local: LocalWriter | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def open(self) -> None:
+        """Start the child now rather than on the first write (which would wait for it): for the jobstore, whose
+        first write is a claim that a run waits for."""
+        with self._lock:
+            if self._proc is None and self._local is None:
+                try:
+                    self._start()
+                except OSError as exc:
+                    log.warning("database writer process %s not started yet: %s", self.name, exc)
+
+    def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        return self._call("insert_runs", list(rows))
+
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+                             claims: Sequence[tuple[str, float]] = ()) -> None:
+        self._call("write_next_run_times", list(changes), list(deletes), list(claims))
+
+    def _call(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            if self._local is not None:
+                return getattr(self._local, method)(*args)
+            try:
+                if self._proc is None:
+                    self._start()
+                assert self._to_child is not None and self._from_child is not None
+                self._to_child.send_bytes(pickle.dumps((method, args), pickle.HIGHEST_PROTOCOL))
+                ok, value = pickle.loads(self._from_child.recv_bytes())
+            except (OSError, EOFError) as exc:
+                why = self._stop() or str(exc) or type(exc).__name__
+                self._failed_starts += 1
+                if self._failed_starts >= self.GIVE_UP_AFTER:
+                    log.error("database writer process %s keeps failing (%s): writing from this process instead",
+                              self.name, why)
+                    self._local = LocalWriter(self.store)
+                raise WriterGone(f"database writer process {self.name} ended: {why}") from None
+            self._failed_starts = 0
+        if not ok:
+            raise value
+        return value
+
+    def _start(self) -> None:
+        parent_read, child_write = os.pipe()
+        child_read, parent_write = os.pipe()
+        # The child imports this package from where the parent found it, installed or not.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write)],
+                pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, env=env)
+        except OSError:
+            os.close(parent_read)
+            os.close(parent_write)
+            raise
+        finally:
+            os.close(child_read)
+            os.close(child_write)
+        # Its stderr (a crash, a driver warning) goes to carnation's log, not over the console's screen.
+        threading.Thread(target=_relay, args=(self._proc.stderr, self.name), name=f"carnation-{self.name}-stderr",
+                         daemon=True).start()
+        self._to_child = Connection(parent_write, readable=False)
+        self._from_child = Connection(parent_read, writable=False)
+        # The URL goes down the pipe, not on the command line, where `ps` would show its password.
+        self._to_child.send_bytes(pickle.dumps(self.store.url))
+
+    def _stop(self) -> str | None:
+        """End the child; how it ended ("exit code 1", "killed by SIGKILL"), if it had ended by itself."""
+        proc, self._proc = self._proc, None
+        ended = proc.poll() if proc is not None else None
+        for conn in (self._to_child, self._from_child):
+            if conn is not None:
+                conn.close()
+        self._to_child = self._from_child = None
+        if proc is not None:
+            try:
+                proc.wait(5)  # it exits once its pipe closes, after the batch it may be writing
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if ended is None:
+            return None
+        return f"killed by {signal.Signals(-ended).name}" if ended < 0 else f"exit code {ended}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+            if self._local is not None:
+                self._local.close()
+
+
+# Signals ignored before anything slow is imported: a SIGTERM sent to the process group while the child starts
+# must not kill it either.
+_CHILD_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+               "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _relay(stream: Any, name: str) -> None:
+    with stream:
+        for line in stream:
+            log.warning("database writer process %s: %s", name, line.decode(errors="replace").rstrip())
+
+
+def _serve(read_fd: int, write_fd: int) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # to stderr: relayed
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    try:
+        store = Store(pickle.loads(inbox.recv_bytes()))
+    except EOFError:
+        return
+    connection = store.kept_connection()
+    while True:
+        try:
+            method, args = pickle.loads(inbox.recv_bytes())
+        except EOFError:
+            break
+        try:
+            if method not in _METHODS:
+                raise ValueError(f"unknown writer call {method!r}")
+            reply = (True, getattr(store, method)(*args, via=connection))
+        except Exception as exc:
+            reply = (False, exc)
+        try:
+            data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an exception that does not pickle: its text is what the parent logs
+            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+        outbox.send_bytes(data)
+    connection.close()
+    store.engine.dispose()
+

@@ -1,0 +1,158 @@
+"""The writer threads' database writes from a child process (scheduler_core/writer.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_core.history import run_row
+from scheduler_core.store import Store, runs_table
+from scheduler_core.writer import LocalWriter, ProcessWriter, WriterGone, make_writer
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    store = Store(db_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def writer(store: Store) -> Iterator[ProcessWriter]:
+    writer = ProcessWriter(store, "test")
+    yield writer
+    writer.close()
+
+
+def outcomes(store: Store, job_id: str) -> dict[float, str]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(runs_table.c.scheduled_at, runs_table.c.outcome)
+                            .where(runs_table.c.job_id == job_id)).all()
+    return {at: outcome for at, outcome in rows}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_child_process_writes_history_and_next_run_times(store: Store, writer: ProcessWriter) -> None:
+    writer.open()
+    assert writer.pid and writer.pid != os.getpid() and alive(writer.pid)
+    assert writer.insert_runs([run_row("w", 1000.0 + i, "success") for i in range(3)]) == (3, [])
+    assert outcomes(store, "w") == {1000.0: "success", 1001.0: "success", 1002.0: "success"}
+    # A clash on (job, scheduled time) comes back as a duplicate, as it does in this process.
+    written, duplicates = writer.insert_runs([run_row("w", 1000.0, "success")])
+    assert written == 0 and [(d["job_id"], d["scheduled_at"]) for d in duplicates] == [("w", 1000.0)]
+    store.insert_job("j", "{}", None, paused=False)
+    writer.write_next_run_times([("j", 2000.0)])
+    assert store.load_jobs()[0].next_run_time == 2000.0 and store.load_jobs()[0].claimed_until == 2000.0
+    writer.write_next_run_times([], deletes=["j"])
+    assert store.load_jobs() == []
+
+
+def test_a_database_error_in_the_child_reaches_the_caller(store: Store, writer: ProcessWriter) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE carnation_runs"))
+    with pytest.raises(sa.exc.DBAPIError, match="carnation_runs"):
+        writer.insert_runs([run_row("w", 1000.0, "success")])
+    store.insert_job("j", "{}", None, paused=False)
+    writer.write_next_run_times([("j", 2000.0)])  # the child goes on after an error
+    assert store.load_jobs()[0].next_run_time == 2000.0
+
+
+def test_a_killed_child_fails_one_write_and_the_next_starts_another(store: Store, writer: ProcessWriter) -> None:
+    writer.insert_runs([run_row("k", 1.0, "success")])
+    first = writer.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(WriterGone):
+        writer.insert_runs([run_row("k", 2.0, "success")])
+    assert writer.insert_runs([run_row("k", 2.0, "success")]) == (1, [])
+    assert writer.pid not in (None, first)
+    assert outcomes(store, "k") == {1.0: "success", 2.0: "success"}
+
+
+def test_the_child_outlives_sigterm_and_sigint_so_the_parent_can_write_what_it_holds(
+        store: Store, writer: ProcessWriter) -> None:
+    writer.write_next_run_times([], deletes=["nothing"])  # started
+    assert writer.pid is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        os.kill(writer.pid, sig)
+    assert writer.insert_runs([run_row("s", 1.0, "success")]) == (1, [])
+    pid = writer.pid
+    writer.close()
+    assert not alive(pid)
+
+
+def test_a_child_that_cannot_start_gives_way_to_writes_in_this_process(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    writer = ProcessWriter(store, "doomed")
+    try:
+        for _ in range(ProcessWriter.GIVE_UP_AFTER):
+            with pytest.raises(WriterGone):
+                writer.insert_runs([run_row("f", 1.0, "success")])
+        assert writer.insert_runs([run_row("f", 1.0, "success")]) == (1, [])
+        assert outcomes(store, "f") == {1.0: "success"}
+    finally:
+        writer.close()
+
+
+def test_the_child_exits_when_its_parent_is_killed(db_url: str, store: Store, tmp_path: Path) -> None:
+    parent = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, sys
+        from scheduler_core.store import Store
+        from scheduler_core.writer import ProcessWriter
+        writer = ProcessWriter(Store({db_url!r}), "orphan")
+        writer.write_next_run_times([], deletes=["nothing"])
+        print(writer.pid, flush=True)
+        os._exit(0)  # as kill -9 would: no close, no atexit
+        """)], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert parent.returncode == 0, parent.stderr
+    child = int(parent.stdout.strip())
+    wait_for(lambda: not alive(child), message="the orphaned writer process to exit")
+
+
+def test_an_in_memory_sqlite_database_is_written_in_this_process() -> None:
+    memory = Store("sqlite://")
+    try:
+        assert isinstance(make_writer(memory, "m", in_child_process=True), LocalWriter)
+    finally:
+        memory.close()
+
+
+def test_an_engine_records_history_through_its_writer_processes(make_settings, db_url: str) -> None:
+    from scheduler_core.console import Console
+    from scheduler_core.engine import Engine
+
+    engine = Engine(make_settings(db_url))
+    engine.start()
+    try:
+        Console(engine).add_job({"id": "p", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                                 "seconds": 1})
+        wait_for(lambda: engine.flush() and len(outcomes(engine.store, "p")) >= 2, message="two recorded runs")
+        writers = (engine.history, engine.jobstore)
+        assert engine.settings.writer_process
+        children = [w._store_writer.pid for w in writers if isinstance(w._store_writer, ProcessWriter)]
+        assert len(children) == 2 and all(children) and os.getpid() not in children
+    finally:
+        engine.stop(timeout=5)
+    assert not any(alive(pid) for pid in children)
