@@ -391,24 +391,53 @@ def summary_ms(values_s: Iterable[float]) -> dict[str, float | None]:
             "n": len(values)}
 
 
+def child_pids() -> list[int]:
+    """This process's live children (carnation's database writer processes), from /proc."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _proc_cpu(pid: int | str) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of this process and its children (carnation's writer processes count against it)."""
+    total = 0
+    for pid in ["self", *child_pids()]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this whole process (all threads)."""
+    """User + system CPU time of this whole process (all threads) and of its children, live or ended."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for pid in child_pids():
+        try:
+            live += _proc_cpu(pid)
+        except OSError:
+            continue
+    return usage.ru_utime + usage.ru_stime + ended.ru_utime + ended.ru_stime + live
 
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds (user+system) used so far by each live thread of this process, by thread name (pool threads
-    summed under one name), from /proc/self/task/*/stat."""
+    summed under one name), from /proc/self/task/*/stat; live child processes summed as "writer processes"."""
     import threading
 
     names = {t.native_id: t.name for t in threading.enumerate()}
@@ -423,6 +452,11 @@ def thread_cpu() -> dict[str, float]:
         if name.startswith(("ThreadPoolExecutor", "carnation-worker-")):
             name = "workers"
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    for pid in child_pids():
+        try:
+            out["writer processes"] = out.get("writer processes", 0.0) + _proc_cpu(pid)
+        except OSError:
+            continue
     return out
 
 

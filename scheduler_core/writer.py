@@ -89,7 +89,7 @@ class ProcessWriter:
         self._proc: subprocess.Popen[bytes] | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
-        self._failed_starts = 0
+        self._failures_in_a_row = 0
         self._local: LocalWriter | None = None
         self._lock = threading.Lock()
 
@@ -126,13 +126,13 @@ class ProcessWriter:
                 ok, value = pickle.loads(self._from_child.recv_bytes())
             except (OSError, EOFError) as exc:
                 why = self._stop() or str(exc) or type(exc).__name__
-                self._failed_starts += 1
-                if self._failed_starts >= self.GIVE_UP_AFTER:
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= self.GIVE_UP_AFTER:
                     log.error("database writer process %s keeps failing (%s): writing from this process instead",
                               self.name, why)
                     self._local = LocalWriter(self.store)
                 raise WriterGone(f"database writer process {self.name} ended: {why}") from None
-            self._failed_starts = 0
+            self._failures_in_a_row = 0
         if not ok:
             raise value
         return value
