@@ -5,6 +5,7 @@ N/interval fires per second. Each contender runs in its own fresh process, one a
 
   bare-memory      BackgroundScheduler + MemoryJobStore (APScheduler's fastest case, no persistence)
   carnation        Engine (memory-first SpecJobStore, write-behind, history) over the database
+  carnation-in-thread  the same with writer_process = false (SQL from its threads; only with --contenders)
   bare-sqlalchemy  BackgroundScheduler + SQLAlchemyJobStore over the same kind of database
 
 Lateness is measured for runs whose scheduled time falls in a window of --duration seconds that starts once the
@@ -92,14 +93,15 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
     records: list[tuple[float, float, int, str]] = []  # (scheduled, started or nan, event code, job id)
     engine = sched = None
 
-    if contender == "carnation":
+    if contender.startswith("carnation"):
         from scheduler_core.config import load_settings
         from scheduler_core.engine import Engine
 
         specs = carnation_specs(ids, starts, {"type": "interval", "seconds": interval})
         insert_carnation_rows(url, zip(ids, specs, starts_epoch))
         settings = load_settings(None, db_url=url, log_dir=str(Path(p["tmp"]) / "log"), timezone="UTC",
-                                 workers=workers, misfire_grace_time=grace)
+                                 workers=workers, misfire_grace_time=grace,
+                                 writer_process=contender != "carnation-in-thread")
         engine = Engine(settings)
         engine.start()
     else:
