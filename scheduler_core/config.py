@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.25, gt=0, description="seconds between checks for changes made by other processes")
     python_path: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["."], description="directories python jobs are imported from (besides installed packages)")
-    writer_process: bool = Field(True, description="write history and next run times from a child process, off the scheduler's lock")
+    writer_process: bool = Field(True, description="write history and next run times from a child process, off the scheduler's GIL")
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="predefined jobs (Flask-APScheduler JOBS)")
 
     # Where this came from; not a setting itself.

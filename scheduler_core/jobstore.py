@@ -210,7 +210,7 @@ class SpecJobStore(MemoryJobStore):
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything queued so far. True when nothing is left pending."""
         if self._writer is None or not self._writer.is_alive():
-            self._write_pending()
+            self._write_pending(None)  # no writer thread (not started, or shut down): from this one
             return not self._pending
         with self._written:
             self._work.set()
@@ -224,7 +224,7 @@ class SpecJobStore(MemoryJobStore):
 
     _writing = False
 
-    def _write_pending(self) -> None:
+    def _write_pending(self, writer: Writer | None) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, {}
             claims, self._claim_requests = self._claim_requests, {}
@@ -235,7 +235,8 @@ class SpecJobStore(MemoryJobStore):
         changes = [(job_id, value) for job_id, value in batch.items() if value is not _DELETE]
         deletes = [job_id for job_id, value in batch.items() if value is _DELETE] + done
         try:
-            self._store_writer.write_next_run_times(changes, deletes, list(claims.items()))  # type: ignore
+            write = writer.write_next_run_times if writer else self.store.write_next_run_times
+            write(changes, deletes, list(claims.items()))  # type: ignore[arg-type]
         except Exception as exc:
             self.write_errors += 1
             log.warning("next run times not written yet (retrying): %s", exc)
@@ -269,7 +270,7 @@ class SpecJobStore(MemoryJobStore):
             self._work.clear()
             self._wake.clear()
             try:
-                self._write_pending()
+                self._write_pending(self._store_writer)
             except Exception:
                 self._stopping.wait(1.0)
             with self._written:

@@ -156,3 +156,13 @@ def test_an_engine_records_history_through_its_writer_processes(make_settings, d
     finally:
         engine.stop(timeout=5)
     assert not any(alive(pid) for pid in children)
+
+
+def test_a_jobstore_whose_writer_thread_is_not_running_writes_on_flush_from_the_caller(store: Store) -> None:
+    from scheduler_core.jobstore import SpecJobStore
+
+    jobstore = SpecJobStore(store, make_writer=lambda: ProcessWriter(store, "never-started"))
+    store.insert_job("j", "{}", None, paused=False)
+    jobstore._queue("j", 2000.0)  # as the scheduler loop does when it moves a job's next run time
+    assert jobstore.flush()
+    assert store.load_jobs()[0].next_run_time == 2000.0
