@@ -3,7 +3,7 @@
 The history writer and the jobstore's write-behind each turn a batch into SQL and hand it to the driver. On MariaDB
 PyMySQL does that in Python (~12 µs per history row), and on every driver part of it holds the GIL: a run due while a
 batch of 100 is being written waited for it (up to 1-2 ms, the lateness p99 at 10,000 jobs). A `ProcessWriter`
-sends the batch, pickled in C, to a child process with its own `Store` and connection, and waits for the answer
+sends the batch, as JSON (plain data, encoded in C), to a child process with its own `Store` and connection, and waits for the answer
 on a pipe with the GIL released. `LocalWriter` does the same calls in the calling thread (the fallback, and
 `writer_process = false`).
 
@@ -14,15 +14,17 @@ includes the parent being killed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any, Protocol, Sequence
+
+import sqlalchemy as sa
 
 from .store import KeptConnection, Store
 
@@ -38,6 +40,10 @@ class Writer(Protocol):
                              claims: Sequence[tuple[str, float]] = ()) -> None: ...
 
     def close(self) -> None: ...
+
+
+class ChildError(Exception):
+    """What a database error in the child said (its text: the driver's message and the statement)."""
 
 
 class WriterGone(Exception):
@@ -66,6 +72,12 @@ class LocalWriter:
 
 
 _METHODS = ("insert_runs", "write_next_run_times")
+
+
+def _encode(message: Any) -> bytes:
+    # JSON, not pickle: only plain data crosses the pipe (rows, ids, epoch floats), and nothing on either side can
+    # make the other run code by what it sends. Floats round-trip exactly; tuples arrive as lists.
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def make_writer(store: Store, name: str, in_child_process: bool) -> Writer:
@@ -108,11 +120,12 @@ class ProcessWriter:
                     log.warning("database writer process %s not started yet: %s", self.name, exc)
 
     def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
-        return self._call("insert_runs", list(rows))
+        written, duplicates = self._call("insert_runs", rows)
+        return written, duplicates
 
     def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
                              claims: Sequence[tuple[str, float]] = ()) -> None:
-        self._call("write_next_run_times", list(changes), list(deletes), list(claims))
+        self._call("write_next_run_times", changes, list(deletes), claims)
 
     def _call(self, method: str, *args: Any) -> Any:
         with self._lock:
@@ -122,8 +135,8 @@ class ProcessWriter:
                 if self._proc is None:
                     self._start()
                 assert self._to_child is not None and self._from_child is not None
-                self._to_child.send_bytes(pickle.dumps((method, args), pickle.HIGHEST_PROTOCOL))
-                ok, value = pickle.loads(self._from_child.recv_bytes())
+                self._to_child.send_bytes(_encode([method, args]))
+                ok, value = json.loads(self._from_child.recv_bytes())
             except (OSError, EOFError) as exc:
                 why = self._stop() or str(exc) or type(exc).__name__
                 self._failures_in_a_row += 1
@@ -133,9 +146,14 @@ class ProcessWriter:
                     self._local = LocalWriter(self.store)
                 raise WriterGone(f"database writer process {self.name} ended: {why}") from None
             self._failures_in_a_row = 0
-        if not ok:
-            raise value
-        return value
+        if ok:
+            return value
+        database_error, text = value
+        # Raised as the thread's own call would have been: a database error as SQLAlchemy's DBAPIError (what the
+        # callers and their logs expect), anything else as RuntimeError; the child's text either way.
+        if database_error:
+            raise sa.exc.DBAPIError(None, None, ChildError(text), connection_invalidated=False)
+        raise RuntimeError(text)
 
     def _start(self) -> None:
         parent_read, child_write = os.pipe()
@@ -161,7 +179,7 @@ class ProcessWriter:
         self._to_child = Connection(parent_write, readable=False)
         self._from_child = Connection(parent_read, writable=False)
         # The URL goes down the pipe, not on the command line, where `ps` would show its password.
-        self._to_child.send_bytes(pickle.dumps(self.store.url))
+        self._to_child.send_bytes(_encode(self.store.url))
 
     def _stop(self) -> str | None:
         """End the child; how it ended ("exit code 1", "killed by SIGKILL"), if it had ended by itself."""
@@ -206,26 +224,23 @@ def _serve(read_fd: int, write_fd: int) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # to stderr: relayed
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     try:
-        store = Store(pickle.loads(inbox.recv_bytes()))
+        store = Store(json.loads(inbox.recv_bytes()))
     except EOFError:
         return
     connection = store.kept_connection()
     while True:
         try:
-            method, args = pickle.loads(inbox.recv_bytes())
+            method, args = json.loads(inbox.recv_bytes())
         except EOFError:
             break
         try:
             if method not in _METHODS:
                 raise ValueError(f"unknown writer call {method!r}")
-            reply = (True, getattr(store, method)(*args, via=connection))
+            reply = [True, getattr(store, method)(*args, via=connection)]
         except Exception as exc:
-            reply = (False, exc)
-        try:
-            data = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
-        except Exception:  # an exception that does not pickle: its text is what the parent logs
-            data = pickle.dumps((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
-        outbox.send_bytes(data)
+            text = str(exc) if isinstance(exc, sa.exc.DBAPIError) else f"{type(exc).__name__}: {exc}"
+            reply = [False, [isinstance(exc, sa.exc.DBAPIError), text]]
+        outbox.send_bytes(_encode(reply))
     connection.close()
     store.engine.dispose()
 

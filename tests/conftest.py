@@ -119,6 +119,17 @@ def settings(db_url: str, make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
+def store(db_url: str) -> Iterator["Store"]:
+    """A migrated Store over a fresh database of each kind."""
+    from scheduler_core.store import Store
+
+    store = Store(db_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
 def engine(settings: Settings) -> Iterator["Engine"]:
     from scheduler_core.engine import Engine
 

@@ -21,14 +21,6 @@ from tests.unit.test_engine import interval_job, runs_of
 
 
 # --- Store.poll ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def store(db_url: str) -> Any:
-    store = Store(db_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
 @pytest.mark.db
 def test_poll_sees_what_another_process_commits(store: Store, db_url: str) -> None:
     other = Store(db_url)

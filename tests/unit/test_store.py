@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,6 @@ from scheduler_core.history import run_row
 from scheduler_core.store import Store, runs_table
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    store = Store(db_url)
-    store.migrate()
-    yield store
-    store.close()
 
 
 def add_runs(store: Store, job_id: str, count: int, age: float = 0.0) -> None:

@@ -20,14 +20,6 @@ from tests.conftest import wait_for
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    store = Store(db_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def writer(store: Store) -> Iterator[ProcessWriter]:
     writer = ProcessWriter(store, "test")
     yield writer
