@@ -26,6 +26,15 @@ from .writer import LocalWriter, Writer
 log = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
+_pid = os.getpid()  # read per run otherwise, a system call each time
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 TEXT_LIMIT = 8000
 
 
@@ -58,7 +67,7 @@ def run_row(
         "job_id": job_id,
         "scheduled_at": scheduled,
         "host": HOSTNAME,
-        "pid": os.getpid(),
+        "pid": _pid,
         "started_at": started,
         "finished_at": finished,
         "duration": duration,

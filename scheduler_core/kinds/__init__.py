@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import traceback as _traceback
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -63,12 +61,20 @@ def current_run() -> tuple[str, datetime] | None:
     return getattr(_current, "run", None)
 
 
-@contextmanager
-def running(job_id: str, scheduled_at: datetime) -> Iterator[None]:
-    _current.run = (job_id, scheduled_at)
-    try:
-        yield
-    finally:
+class running:
+    """`with running(job_id, scheduled_at):` makes current_run() say so in this thread.
+
+    A class, not @contextmanager: it wraps every run, and a generator-based one costs several times as much."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, job_id: str, scheduled_at: datetime) -> None:
+        self.run = (job_id, scheduled_at)
+
+    def __enter__(self) -> None:
+        _current.run = self.run
+
+    def __exit__(self, *exc_info: object) -> None:
         _current.run = None
 
 

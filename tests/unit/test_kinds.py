@@ -444,3 +444,40 @@ def test_shell_job_knows_which_run_it_is() -> None:
     at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     with running("which", at):
         assert execute(spec).output == "which 2030-01-02T03:04:05+00:00\n"
+
+
+def test_current_run_is_set_inside_running_only() -> None:
+    from datetime import datetime
+
+    from scheduler_core.kinds import current_run, running
+
+    at = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert current_run() is None
+    with running("r", at):
+        assert current_run() == ("r", at)
+        seen: list[Any] = []
+        other = threading.Thread(target=lambda: seen.append(current_run()))
+        other.start()
+        other.join()
+        assert seen == [None]  # per thread
+    assert current_run() is None
+    with pytest.raises(ValueError), running("r", at):
+        raise ValueError
+    assert current_run() is None
+
+
+def test_history_rows_name_the_process_that_ran_them_after_fork() -> None:
+    import os
+
+    from scheduler_core.history import run_row
+
+    assert run_row("p", 1.0, "success")["pid"] == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # report the row's pid and leave at once, without pytest's teardown
+        os.write(write, str(run_row("p", 1.0, "success")["pid"] == os.getpid()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    assert os.read(read, 10) == b"True"
+    os.close(read)
