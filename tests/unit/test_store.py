@@ -166,11 +166,12 @@ def test_next_run_times_claim_their_runs_and_spare_paused_jobs(store: Store) -> 
         store.insert_job(f"j{i:03d}", "{}", None, paused=(i == 5))
     store.write_next_run_times([(f"j{i:03d}", 1000.0 + i) for i in range(count)])
     store.write_next_run_times([("j007", None), ("j008", 5000.0)])
+    store.write_next_run_times([("j009", None)])  # no value to tell an array's type by (PostgreSQL)
     rows = {row.id: row for row in store.load_jobs()}
     assert len(rows) == count
     for i in range(count):
         row = rows[f"j{i:03d}"]
-        expected = {5: None, 7: None, 8: 5000.0}.get(i, 1000.0 + i)
+        expected = {5: None, 7: None, 8: 5000.0, 9: None}.get(i, 1000.0 + i)
         assert row.next_run_time == expected, row
         assert row.claimed_until == (5000.0 if i == 8 else 1000.0 + i), row
     # claims alone only ever move forward
