@@ -245,6 +245,7 @@ class HistoryRecorder:
     def _run(self) -> None:
         backoff = self.flush_interval
         self._store_writer = writer = self._make_writer()
+        writer.open()  # a writer process starts now, not on the first batch (which would wait a second for it)
         while not self._stopping.is_set():
             if self._queue or self._running or self.failing_since:
                 self._wake.wait(self.flush_interval if not self.failing_since else backoff)

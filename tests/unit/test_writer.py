@@ -138,10 +138,13 @@ def test_an_engine_records_history_through_its_writer_processes(make_settings, d
     engine = Engine(make_settings(db_url))
     engine.start()
     try:
+        writers = (engine.history, engine.jobstore)
+        # Both start with the engine, before there is anything to write: a first batch never waits for an import.
+        wait_for(lambda: all(isinstance(w._store_writer, ProcessWriter) and w._store_writer.pid for w in writers),
+                 message="two writer processes")
         Console(engine).add_job({"id": "p", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
                                  "seconds": 1})
         wait_for(lambda: engine.flush() and len(outcomes(engine.store, "p")) >= 2, message="two recorded runs")
-        writers = (engine.history, engine.jobstore)
         assert engine.settings.writer_process
         children = [w._store_writer.pid for w in writers if isinstance(w._store_writer, ProcessWriter)]
         assert len(children) == 2 and all(children) and os.getpid() not in children
