@@ -65,6 +65,7 @@ from bench.common import (
     table,
     thread_cpu,
     verdict,
+    writers_ready,
 )
 
 CONTENDERS = ("bare-memory", "carnation", "bare-sqlalchemy")
@@ -104,6 +105,7 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
                                  writer_process=contender != "carnation-in-thread")
         engine = Engine(settings)
         engine.start()
+        writers_ready(engine)
     else:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.memory import MemoryJobStore
@@ -285,6 +287,12 @@ def _median(results: list[dict[str, Any]], *path: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _spread(results: list[dict[str, Any]], *path: str) -> str:
+    """min-max over the repeats: how far the machine's noise moves a figure (the same contender, the same run)."""
+    values = [v for v in (_median([r], *path) for r in results) if v is not None]
+    return f"{min(values):.2f}-{max(values):.2f}" if len(values) > 1 else "-"
+
+
 def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: list[int], dbs: list[str],
             contenders: list[str]) -> str:
     rows = []
@@ -298,6 +306,7 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                 rows.append([
                     f"{n:,}", db if c != "bare-memory" else f"({db} run)", c,
                     fmt(_median(rs, "late", "p50"), 2), fmt(_median(rs, "late", "p90"), 2), fmt(p99[c], 2),
+                    _spread(rs, "late", "p99"),
                     fmt(_median(rs, "late", "max"), 1),
                     f"{_count(_median(rs, 'executed'))}/{_count(_median(rs, 'expected'))}",
                     _count(_median(rs, "missed")), _count(_median(rs, "not_run")), fmt(_median(rs, "cpu_pct"), 0),
@@ -324,8 +333,8 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                 if car and _median(car, "executed") != exp:
                     notes.append(f"carnation ran {_count(_median(car, 'executed'))} of {_count(exp)}")
                 verdicts.append(verdict(ok, f"{n:,} jobs on {db}: " + "; ".join(notes)))
-    out = table(["jobs", "db", "contender", "p50 ms", "p90 ms", "p99 ms", "max ms", "ran/expected", "missed", "not run",
-                 "cpu %", "p99/mem"], rows)
+    out = table(["jobs", "db", "contender", "p50 ms", "p90 ms", "p99 ms", "p99 range", "max ms", "ran/expected",
+                 "missed", "not run", "cpu %", "p99/mem"], rows)
     return out + "\n\n" + "\n".join(verdicts)
 
 

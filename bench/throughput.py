@@ -46,6 +46,7 @@ from bench.common import (
     table,
     thread_cpu,
     verdict,
+    writers_ready,
 )
 
 
@@ -87,6 +88,7 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
         engine.scheduler.add_listener(lambda e: count(names[e.code]),
                                       aps.EVENT_JOB_EXECUTED | aps.EVENT_JOB_ERROR | aps.EVENT_JOB_MISSED)
         engine.start()
+        writers_ready(engine)
     else:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.jobstores.memory import MemoryJobStore
