@@ -296,6 +296,11 @@ class HistoryRecorder:
                 self._remember_written(batch)
                 if self._on_rows:
                     self._on_rows(batch)
+                if len(batch) < self.batch_size:
+                    # Caught up: gather the next batch for flush_interval. Writing again at once what came in during
+                    # this write made batches of ~4 rows at 1,000 runs/s on PostgreSQL, and the per-batch cost
+                    # (round trip, transaction, commit) took a fifth of a core in the writer and another in the server.
+                    break
             with self._idle:
                 self._idle.notify_all()
         writer.close()
