@@ -155,7 +155,8 @@ def main() -> int:
     common_args(parser)
     parser.add_argument("--jobs", type=int, default=None, help="jobs all due at once (default 10,000; quick 2,000)")
     parser.add_argument("--workers", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=1, help="repeat each pair; medians are reported")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="repeat each pair (default 3: one window is under a second); medians are reported")
     args = parser.parse_args()
     n = args.jobs or (2000 if args.quick else 10_000)
     dbs = parse_list(args.dbs)
