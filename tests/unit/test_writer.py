@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from scheduler_core.history import run_row
 from scheduler_core.store import Store, runs_table
-from scheduler_core.writer import LocalWriter, ProcessWriter, WriterGone, make_writer
+from scheduler_core.writer import WRITER_NICENESS, LocalWriter, ProcessWriter, WriterGone, make_writer
 from tests.conftest import wait_for
 
 
@@ -50,6 +50,8 @@ def test_a_child_process_writes_history_and_next_run_times(store: Store, writer:
     assert writer.pid and writer.pid != os.getpid() and alive(writer.pid)
     assert writer.insert_runs([run_row("w", 1000.0 + i, "success") for i in range(3)]) == (3, [])
     assert outcomes(store, "w") == {1000.0: "success", 1001.0: "success", 1002.0: "success"}
+    # It runs behind the scheduler's threads for a CPU (niceness is capped at 19).
+    assert os.getpriority(os.PRIO_PROCESS, writer.pid) == min(19, os.nice(0) + WRITER_NICENESS)
     # A clash on (job, scheduled time) comes back as a duplicate, as it does in this process.
     written, duplicates = writer.insert_runs([run_row("w", 1000.0, "success")])
     assert written == 0 and [(d["job_id"], d["scheduled_at"]) for d in duplicates] == [("w", 1000.0)]
