@@ -29,7 +29,6 @@ import math
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any

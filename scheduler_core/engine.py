@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from . import kinds
 from .config import Settings
-from .errors import ConflictingId, FieldError, JobNotFound, NotLeader, SpecError
+from .errors import FieldError, JobNotFound, NotLeader, SpecError
 from .events import EVENT_NAMES, EventBus, SchedulerEvent
 from .executor import ClaimingExecutor
 from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row

@@ -7,7 +7,6 @@ the APScheduler trigger that actually fires.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, tzinfo
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
