@@ -163,7 +163,8 @@ class ProcessWriter:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write), str(WRITER_NICENESS)],
+                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write),
+                 str(WRITER_NICENESS.get(self.name, 0))],
                 pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env)
         except OSError:
@@ -211,11 +212,13 @@ class ProcessWriter:
 _CHILD_MAIN = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(int(sys.argv[3])); "
                "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))")
-# The children yield a CPU to the scheduler's own threads. On 2 cores, a child and the database server busy with a
-# batch otherwise held both while a run was due: in half the runs at 1,000 fires/s, 10 % of runs started 2-6 ms
-# late (p99 15-28 ms); at +10, none of 4 runs did (p99 2.0-3.4 ms). Writes are not urgent: a run's claim is
-# written an interval ahead, and the history buffers.
-WRITER_NICENESS = 10
+# The history writer yields a CPU to the scheduler's own threads. On 2 cores, a child and the database server busy
+# with a batch otherwise held both while a run was due: in half the runs at 1,000 fires/s, 10 % of runs started
+# 2-6 ms late (p99 15-28 ms); with both children at +10, none of 4 runs did (p99 2.0-3.4 ms). History rows can
+# wait (they are buffered); the jobstore's cannot always: runs due at once wait for their claims. So only the
+# history child is niced. (A burst of 10,000 one-off runs on PostgreSQL may still pay for it: 8,000-13,600 runs/s
+# against 9,300-20,600 un-niced in 3 + 2 noisy runs; bench/README.md, to settle with more repeats.)
+WRITER_NICENESS = {"history": 10}
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
