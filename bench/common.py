@@ -462,8 +462,9 @@ def thread_cpu() -> dict[str, float]:
 
 
 def writers_ready(engine: Any, timeout: float = 30.0) -> None:
-    """Wait until the engine's writer processes answer: started with it, they spend their first second importing,
-    and that must not fall inside a measured window (a long-running process pays it once)."""
+    """Start the engine's writer processes if they are not yet (the history one starts on its first batch) and wait
+    until they answer: each spends its first ~0.7 s of CPU importing, which must not fall inside a measured window
+    (a long-running process pays it once)."""
     deadline = time.monotonic() + timeout
     for owner in (engine.history, engine.jobstore):
         while owner._store_writer is None and time.monotonic() < deadline:

@@ -33,6 +33,7 @@ from .errors import FieldError, JobNotFound, NotLeader, SpecError
 from .events import EVENT_NAMES, EventBus, SchedulerEvent
 from .executor import ClaimingExecutor
 from .history import HOSTNAME, HistoryRecorder, row_from_event, run_row
+from .history import WRITER_NICENESS as HISTORY_WRITER_NICENESS
 from .jobstore import SpecJob, SpecJobStore
 from .spec import JobSpec, build_trigger, from_flat
 from .store import JobRow, Store, from_epoch, jobs_table, to_epoch
@@ -78,7 +79,8 @@ class Engine:
         self._lock = threading.RLock()  # serialises this process's edits against the change poller
         in_child = settings.writer_process
         self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem,
-                                       make_writer=lambda: make_writer(self.store, "history", in_child))
+                                       make_writer=lambda: make_writer(self.store, "history", in_child,
+                                                                         HISTORY_WRITER_NICENESS))
         self.jobstore = SpecJobStore(self.store, make_writer=lambda: make_writer(self.store, "jobstore", in_child))
         self.jobstore.is_recorded = lambda job_id, at: self.history.recorded_until.get(job_id, -1.0) >= at
         self.executor = ClaimingExecutor(settings.workers, self._claim, on_start=self._run_started)

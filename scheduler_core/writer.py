@@ -80,11 +80,11 @@ def _encode(message: Any) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def make_writer(store: Store, name: str, in_child_process: bool) -> Writer:
-    """The writer for one writer thread: a ProcessWriter, unless told otherwise or the database is an in-memory
-    SQLite one, which a child process cannot open."""
+def make_writer(store: Store, name: str, in_child_process: bool, niceness: int = 0) -> Writer:
+    """The writer for one writer thread: a ProcessWriter, its process `niceness` steps behind this one for a CPU,
+    unless told otherwise or the database is an in-memory SQLite one, which a child process cannot open."""
     if in_child_process and store.shared_between_processes:
-        return ProcessWriter(store, name)
+        return ProcessWriter(store, name, niceness)
     return LocalWriter(store)
 
 
@@ -95,9 +95,10 @@ class ProcessWriter:
 
     GIVE_UP_AFTER = 3
 
-    def __init__(self, store: Store, name: str) -> None:
+    def __init__(self, store: Store, name: str, niceness: int = 0) -> None:
         self.store = store
         self.name = name
+        self.niceness = niceness
         self._proc: subprocess.Popen[bytes] | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
@@ -163,8 +164,7 @@ class ProcessWriter:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write),
-                 str(WRITER_NICENESS.get(self.name, 0))],
+                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write), str(self.niceness)],
                 pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env)
         except OSError:
@@ -212,13 +212,6 @@ class ProcessWriter:
 _CHILD_MAIN = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(int(sys.argv[3])); "
                "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))")
-# The history writer yields a CPU to the scheduler's own threads. On 2 cores, a child and the database server busy
-# with a batch otherwise held both while a run was due: in half the runs at 1,000 fires/s, 10 % of runs started
-# 2-6 ms late (p99 15-28 ms); with both children at +10, none of 4 runs did (p99 2.0-3.4 ms). History rows can
-# wait (they are buffered); the jobstore's cannot always: runs due at once wait for their claims. So only the
-# history child is niced. (A burst of 10,000 one-off runs on PostgreSQL may still pay for it: 8,000-13,600 runs/s
-# against 9,300-20,600 un-niced in 3 + 2 noisy runs; bench/README.md, to settle with more repeats.)
-WRITER_NICENESS = {"history": 10}
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler_core.history import run_row
+from scheduler_core.history import WRITER_NICENESS, run_row
 from scheduler_core.store import Store, runs_table
-from scheduler_core.writer import WRITER_NICENESS, LocalWriter, ProcessWriter, WriterGone, make_writer
+from scheduler_core.writer import LocalWriter, ProcessWriter, WriterGone, make_writer
 from tests.conftest import wait_for
 
 
@@ -151,7 +151,7 @@ def test_an_engine_records_history_through_its_writer_processes(make_settings, d
         # The history child runs behind the scheduler's threads for a CPU (niceness is capped at 19); the
         # jobstore's, whose claims a run may wait for, does not.
         history_child, jobstore_child = children
-        assert os.getpriority(os.PRIO_PROCESS, history_child) == min(19, os.nice(0) + WRITER_NICENESS["history"])
+        assert os.getpriority(os.PRIO_PROCESS, history_child) == min(19, os.nice(0) + WRITER_NICENESS)
         assert os.getpriority(os.PRIO_PROCESS, jobstore_child) == os.nice(0)
     finally:
         engine.stop(timeout=5)
