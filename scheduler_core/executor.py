@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
+import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from traceback import format_tb
 
-from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
-from apscheduler.executors.base import BaseExecutor, run_job
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
 from apscheduler.job import Job
 
 from .kinds import running
@@ -45,8 +49,38 @@ class ClaimingExecutor(BaseExecutor):
         self.on_start = on_start
         self._queue: queue.SimpleQueue[tuple[Job, list[datetime]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads waiting for work, under self._lock (held by submit_job and on finishing)
+        self._idle = 0  # threads waiting for work, under self._lock
+        # Job ids of finished runs, settled (instance count, idle thread) by the next submit_job under self._lock:
+        # workers taking the scheduler loop's lock on every finish made a lock convoy in bursts.
+        self._finished_runs: deque[str] = deque()
         self._shut_down = False
+
+    def submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        """BaseExecutor's, with the finished runs settled first."""
+        assert self._lock is not None, "This executor has not been started yet"
+        with self._lock:
+            self._settle_finished()
+            if self._instances[job.id] >= job.max_instances:
+                raise MaxInstancesReachedError(job)
+            self._do_submit_job(job, run_times)
+            self._instances[job.id] += 1
+
+    def running_instances(self) -> dict[str, int]:
+        """Runs going on (claimed, queued or running) by job id."""
+        if self._lock is None:  # not started yet
+            return {}
+        with self._lock:
+            self._settle_finished()
+            return dict(self._instances)
+
+    def _settle_finished(self) -> None:
+        # Under self._lock. Only this pops, so the emptiness check cannot race.
+        while self._finished_runs:
+            job_id = self._finished_runs.popleft()
+            self._instances[job_id] -= 1
+            if self._instances[job_id] == 0:
+                del self._instances[job_id]
+            self._idle += 1
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         # Called with self._lock held (BaseExecutor.submit_job).
@@ -72,12 +106,7 @@ class ClaimingExecutor(BaseExecutor):
                 self._finished(job.id, events)
 
     def _finished(self, job_id: str, events: Iterable[JobExecutionEvent]) -> None:
-        # One lock round for both: the job's instance count (APScheduler's max_instances) and this idle thread.
-        with self._lock:
-            self._instances[job_id] -= 1
-            if self._instances[job_id] == 0:
-                del self._instances[job_id]
-            self._idle += 1
+        self._finished_runs.append(job_id)  # deque.append is atomic: no lock on the worker's path
         for event in events:
             self._scheduler._dispatch_event(event)
 
@@ -109,5 +138,27 @@ class ClaimingExecutor(BaseExecutor):
                 self.on_start(job.id, run_time)
             # One at a time, so the job can tell which run it is (kinds.current_run).
             with running(job.id, run_time):
-                events.extend(run_job(job, job._jobstore_alias, [run_time], self._logger.name))
+                events.append(self._run_one(job, run_time))
         return events
+
+    def _run_one(self, job: Job, run_time: datetime) -> JobExecutionEvent:
+        """APScheduler's run_job for one run time, logging to this executor's logger (the same name): run_job calls
+        logging.getLogger() on every run, which takes logging's module lock, and ten workers queued on it."""
+        alias = job._jobstore_alias
+        if job.misfire_grace_time is not None:
+            late = datetime.now(timezone.utc) - run_time
+            if late > timedelta(seconds=job.misfire_grace_time):
+                self._logger.warning('Run time of job "%s" was missed by %s', job, late)
+                return JobExecutionEvent(EVENT_JOB_MISSED, job.id, alias, run_time)
+        self._logger.info('Running job "%s" (scheduled at %s)', job, run_time)
+        try:
+            retval = job.func(*job.args, **job.kwargs)
+        except BaseException:
+            exc, tb = sys.exc_info()[1:]
+            event = JobExecutionEvent(EVENT_JOB_ERROR, job.id, alias, run_time, exception=exc,
+                                      traceback="".join(format_tb(tb)))
+            self._logger.exception('Job "%s" raised an exception', job)
+            traceback.clear_frames(tb)  # as run_job does: the frames would keep the job's locals alive
+            return event
+        self._logger.info('Job "%s" executed successfully', job)
+        return JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, alias, run_time, retval=retval)

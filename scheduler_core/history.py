@@ -36,6 +36,7 @@ def _forked() -> None:
 
 os.register_at_fork(after_in_child=_forked)
 TEXT_LIMIT = 8000
+_MARKED, _FINISHED = object(), object()  # marks of a run going on: see HistoryRecorder._running
 
 # The history writer's process yields a CPU to the scheduler's own threads. On 2 cores, a child and the database
 # server busy with a batch otherwise held both while a run was due: in half the runs at 1,000 fires/s, 10 % of runs
@@ -144,27 +145,30 @@ class HistoryRecorder:
         self.dropped = 0
         self.duplicates = 0
         self.failing_since: float | None = None
-        # Runs going on, (job id, scheduled epoch) -> [start (monotonic), has a "running" row]. A run gets its
-        # "running" row once it has gone on for MARK_AFTER seconds, or before any later run of its job is written,
-        # so a process taking over after a crash finds every run older than that in the history.
+        # Runs going on, (job id, scheduled epoch) -> [start (monotonic), *marks]. A run gets its "running" row
+        # once it has gone on for MARK_AFTER seconds, or before any later run of its job is written, so a process
+        # taking over after a crash finds every run older than that in the history. No lock: the writer marking a
+        # run (_MARKED) and the run ending (_FINISHED) each append, and the first mark decides whether the run has
+        # a "running" row. One lock shared by every worker made a convoy (two thirds of the workers' time waiting
+        # for it in a burst of one-off runs).
         self._running: dict[tuple[str, float], list] = {}
-        self._flight_lock = threading.Lock()
         self._record_now: set[str] = set()  # jobs whose runs going on get their "running" rows at once
         self.recorded_until: dict[str, float] = {}  # job id -> latest scheduled time with a durable row
 
     MARK_AFTER = 1.0
 
     def run_started(self, job_id: str, scheduled_at: float, has_row: bool = False) -> None:
-        with self._flight_lock:
-            self._running[(job_id, scheduled_at)] = [time.monotonic(), has_row]
+        self._running[(job_id, scheduled_at)] = [time.monotonic(), _MARKED] if has_row else [time.monotonic()]
         if self._asleep:
             self._wake.set()  # it is due a "running" row after MARK_AFTER: the writer must watch the clock
 
     def run_finished(self, job_id: str, scheduled_at: float) -> bool:
         """Forget a run that ended; True if it has a "running" row (its outcome must update that row)."""
-        with self._flight_lock:
-            entry = self._running.pop((job_id, scheduled_at), None)
-        return bool(entry and entry[1])
+        entry = self._running.pop((job_id, scheduled_at), None)
+        if entry is None:
+            return False
+        entry.append(_FINISHED)
+        return entry[1] is _MARKED
 
     def _running_rows(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """"running" rows due now: runs going on for MARK_AFTER, and runs older than a row of their job in batch."""
@@ -176,11 +180,11 @@ class HistoryRecorder:
                 newest[row["job_id"]] = row["scheduled_at"]
         old = time.monotonic() - self.MARK_AFTER
         rows = []
-        with self._flight_lock:
-            for (job_id, scheduled_at), entry in self._running.items():
-                if not entry[1] and (entry[0] <= old or scheduled_at < newest.get(job_id, -1.0)
-                                     or job_id in self._record_now):
-                    entry[1] = True
+        for (job_id, scheduled_at), entry in self._running.copy().items():
+            if len(entry) == 1 and (entry[0] <= old or scheduled_at < newest.get(job_id, -1.0)
+                                    or job_id in self._record_now):
+                entry.append(_MARKED)
+                if entry[1] is _MARKED:  # else the run finished first: its outcome is a row of its own
                     row = run_row(job_id, scheduled_at, "running")
                     row["started_at"] = time.time() - (time.monotonic() - entry[0])
                     rows.append(row)
@@ -190,10 +194,9 @@ class HistoryRecorder:
         """Write "running" rows for `job_id`'s runs going on now, rather than MARK_AFTER from their start, and wait
         until they are durable. An edit calls this before it moves the job's claim: a process taking over after a
         crash finds runs of the old schedule only by their rows. False if that did not happen within `timeout`."""
-        with self._flight_lock:
-            if not any(jid == job_id and not entry[1] for (jid, _), entry in self._running.items()):
-                return True
-            self._record_now.add(job_id)
+        if not any(jid == job_id and len(entry) == 1 for (jid, _), entry in self._running.copy().items()):
+            return True
+        self._record_now.add(job_id)
         return self._wait_for_writer(lambda: job_id not in self._record_now, timeout)
 
     def _remember_written(self, batch: list[dict[str, Any]]) -> None:

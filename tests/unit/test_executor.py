@@ -78,8 +78,8 @@ def test_an_idle_thread_takes_the_next_run_instead_of_a_new_thread() -> None:
     try:
         for i in range(4):
             scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id=f"j{i}")
-            # Its thread is idle again once the run's slot is freed (same lock), not when the job returns.
-            wait_for(lambda: probe.done == i + 1 and not executor._instances, message=f"run {i} to finish")
+            # Its thread is counted idle again when the next submit settles the finished run.
+            wait_for(lambda: probe.done == i + 1 and not executor.running_instances(), message=f"run {i} to finish")
         assert len(executor._threads) == 1
     finally:
         scheduler.shutdown()
@@ -112,7 +112,7 @@ def test_a_refused_claim_does_not_run_and_frees_the_slot() -> None:
     try:
         add_due_jobs(scheduler, probe, 3)
         wait_for(lambda: probe.done == 2, message="the 2 claimed runs")
-        wait_for(lambda: not executor._instances, message="every run's slot freed")
+        wait_for(lambda: not executor.running_instances(), message="every run's slot freed")
         assert sorted(executed) == ["j1", "j2"]
     finally:
         scheduler.shutdown()
@@ -130,7 +130,7 @@ def test_a_failure_outside_the_job_frees_the_slot_and_keeps_the_thread(caplog: p
     try:
         scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j0")
         wait_for(lambda: "bookkeeping bug" in caplog.text, message="the bookkeeping failure logged")
-        wait_for(lambda: not executor._instances, message="every run's slot freed")
+        wait_for(lambda: not executor.running_instances(), message="every run's slot freed")
         scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j1")
         wait_for(lambda: probe.done == 1, message="the next run on the same thread")
         assert len(executor._threads) == 1 and executor._threads[0].is_alive()
