@@ -12,11 +12,10 @@ import logging
 import queue
 import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
-from traceback import format_tb
+from traceback import clear_frames, format_tb
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.base import BaseExecutor, MaxInstancesReachedError
@@ -83,7 +82,7 @@ class ClaimingExecutor(BaseExecutor):
             self._idle += 1
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        # Called with self._lock held (BaseExecutor.submit_job).
+        # Called with self._lock held (submit_job).
         if self._shut_down:
             raise RuntimeError("cannot start runs after shutdown")
         self._queue.put((job, run_times))
@@ -158,7 +157,7 @@ class ClaimingExecutor(BaseExecutor):
             event = JobExecutionEvent(EVENT_JOB_ERROR, job.id, alias, run_time, exception=exc,
                                       traceback="".join(format_tb(tb)))
             self._logger.exception('Job "%s" raised an exception', job)
-            traceback.clear_frames(tb)  # as run_job does: the frames would keep the job's locals alive
+            clear_frames(tb)  # as run_job does: the frames would keep the job's locals alive
             return event
         self._logger.info('Job "%s" executed successfully', job)
         return JobExecutionEvent(EVENT_JOB_EXECUTED, job.id, alias, run_time, retval=retval)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from apscheduler.events import EVENT_JOB_EXECUTED
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler_core.executor import ClaimingExecutor
@@ -134,5 +134,34 @@ def test_a_failure_outside_the_job_frees_the_slot_and_keeps_the_thread(caplog: p
         scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc), id="j1")
         wait_for(lambda: probe.done == 1, message="the next run on the same thread")
         assert len(executor._threads) == 1 and executor._threads[0].is_alive()
+    finally:
+        scheduler.shutdown()
+
+
+def test_runs_past_their_grace_time_are_missed_and_failures_are_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """What APScheduler's run_job did, which the executor now does itself (F19): the same events and log lines."""
+    executor = ClaimingExecutor(2, claim=lambda job_id, at: True)
+    scheduler = scheduler_with(executor)
+    events: list[tuple[str, int, str | None]] = []
+    scheduler.add_listener(lambda e: events.append((e.job_id, e.code, e.traceback)),
+                           EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    probe = Probe()
+    probe.release.set()
+
+    def fails() -> None:
+        raise ValueError("no such file")
+
+    try:
+        scheduler.add_job(probe, "date", run_date=datetime.now(timezone.utc) - timedelta(seconds=5), id="late",
+                          misfire_grace_time=1)
+        scheduler.add_job(fails, "date", run_date=datetime.now(timezone.utc), id="fails")
+        wait_for(lambda: len(events) == 2, message="an outcome for both")
+        outcomes = {job_id: (code, tb) for job_id, code, tb in events}
+        assert outcomes["late"] == (EVENT_JOB_MISSED, None) and probe.done == 0
+        assert outcomes["fails"][0] == EVENT_JOB_ERROR and 'raise ValueError("no such file")' in outcomes["fails"][1]
+        logged = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("apscheduler")]
+        assert any(level == "WARNING" and "was missed by" in message for _, level, message in logged)
+        assert any(level == "ERROR" and "raised an exception" in message for _, level, message in logged)
+        assert {name for name, _, _ in logged} == {"apscheduler.executors.default"}  # where run_job logged them
     finally:
         scheduler.shutdown()
