@@ -14,6 +14,7 @@ includes the parent being killed.
 
 from __future__ import annotations
 
+import json
 import logging
 import marshal
 import os
@@ -79,7 +80,13 @@ def _encode(message: Any) -> bytes:
     # Not JSON either: its encoder holds the GIL while it writes every float out in decimal, 0.6 ms for a batch of
     # 100 history rows, and a run due meanwhile waited for it (the lateness p99 at 10,000 jobs); marshal takes
     # 0.05 ms. Its format is the interpreter's own, and the child runs this interpreter (sys.executable).
-    return marshal.dumps(message)
+    try:
+        return marshal.dumps(message)
+    except ValueError:
+        # marshal takes only the exact built-in types: a str subclass in a job's exception text, say, would fail
+        # the batch on every retry and hold up all history behind it. Such a batch goes as the plain data JSON
+        # makes of it (anything else as its repr).
+        return marshal.dumps(json.loads(json.dumps(message, default=repr)))
 
 
 _decode = marshal.loads

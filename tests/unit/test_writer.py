@@ -60,6 +60,22 @@ def test_a_child_process_writes_history_and_next_run_times(store: Store, writer:
     assert store.load_jobs() == []
 
 
+def test_values_marshal_cannot_take_still_reach_the_database(store: Store, writer: ProcessWriter) -> None:
+    """A str subclass (a job's exception whose __str__ returns one, say) or an object of no plain type must not fail
+    the batch: it would fail again on every retry and hold up the history behind it."""
+
+    class Text(str):
+        pass
+
+    row = run_row("odd", 1000.0, "error", exception=Text("disk full"))
+    row["return_value"] = object()
+    assert writer.insert_runs([row]) == (1, [])
+    with store.engine.connect() as conn:
+        exception, return_value = conn.execute(sa.select(runs_table.c.exception, runs_table.c.return_value)
+                                               .where(runs_table.c.job_id == "odd")).one()
+    assert exception == "disk full" and return_value.startswith("<object object at")
+
+
 def test_a_database_error_in_the_child_reaches_the_caller(store: Store, writer: ProcessWriter) -> None:
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE carnation_runs"))
