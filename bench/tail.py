@@ -8,6 +8,7 @@ against how often it overlapped any run: a kind over-represented among the late 
 
     python -m bench.tail --db postgresql --jobs 10000
     python -m bench.tail --db mariadb --jobs 10000 --jobstore-niceness 10   # A/B the jobstore child's priority
+    python -m bench.tail --db sqlite --niced-idle                            # the niced children as SCHED_IDLE
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from bench import lateness
 Span = tuple[str, float, float]  # (kind, start epoch, end epoch)
 
 
-def record_spans(jobstore_niceness: int | None) -> list[Span]:
-    """Wrap the calls to time; returns the list they append to."""
+def record_spans(jobstore_niceness: int | None, niced_idle: bool = False) -> list[Span]:
+    """Wrap the calls to time; returns the list they append to. Optionally change the writer children's priority
+    (an experiment: what is committed is history.WRITER_NICENESS)."""
     import scheduler_core.engine as engine_mod
     import scheduler_core.store as store_mod
     import scheduler_core.writer as writer_mod
@@ -63,6 +65,13 @@ def record_spans(jobstore_niceness: int | None) -> list[Span]:
             return make_writer(store, name, in_child, jobstore_niceness if name == "jobstore" else niceness)
 
         engine_mod.make_writer = niced
+    if niced_idle:
+        # SCHED_IDLE: a waking scheduler thread always preempts the child (nice only weighs it down).
+        writer_mod._CHILD_MAIN = writer_mod._CHILD_MAIN.replace(
+            "os.nice(int(sys.argv[3])); ",
+            "os.nice(int(sys.argv[3])); int(sys.argv[3]) and os.sched_setscheduler(0, os.SCHED_IDLE, "
+            "os.sched_param(0)); ")
+        assert "SCHED_IDLE" in writer_mod._CHILD_MAIN
     return spans
 
 
@@ -95,9 +104,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--late-ms", type=float, default=1.0)
     parser.add_argument("--jobstore-niceness", type=int, default=None)
+    parser.add_argument("--niced-idle", action="store_true", help="run the niced writer children as SCHED_IDLE")
     args = parser.parse_args()
     print(common.header("tail"))
-    spans = record_spans(args.jobstore_niceness)
+    spans = record_spans(args.jobstore_niceness, args.niced_idle)
     lateness.hard_exit_after = lambda *a, **k: None  # this process goes on after the engine stops
     with common.bench_tmp() as tmp:
         common.isolate_environment(tmp)
