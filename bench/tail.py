@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import common
-from bench import lateness
+from bench import common, lateness
+from scheduler_core.store import runs_table
 
 Span = tuple[str, float, float]  # (kind, start epoch, end epoch)
 
@@ -118,8 +118,8 @@ def main() -> int:
             result = lateness.child(params)
             engine = sa.create_engine(url)
             with engine.connect() as conn:
-                rows = conn.execute(sa.text("SELECT scheduled_at, started_at FROM carnation_runs "
-                                            "WHERE outcome = 'success'")).all()
+                rows = conn.execute(sa.select(runs_table.c.scheduled_at, runs_table.c.started_at)
+                                    .where(runs_table.c.outcome == "success")).all()
             engine.dispose()
     runs = [(scheduled, started) for scheduled, started in rows if started is not None]
     first, last = min(s for s, _ in runs), max(s for s, _ in runs)

@@ -562,8 +562,13 @@ class Engine:
             self.scheduler._dispatch_event(aps.JobEvent(aps.EVENT_JOB_REMOVED, job_id, "default"))
 
     # --- reading ---------------------------------------------------------------------------------------------
+    def running_counts(self) -> dict[str, int]:
+        """Runs going on, by job id. It takes the executor's lock, which the scheduler loop takes to submit: read it
+        once per listing, not once per job."""
+        return self.executor.running_instances()
+
     def running_count(self, job_id: str | None = None) -> int:
-        instances = self.executor.running_instances()
+        instances = self.running_counts()
         if job_id is not None:
             return instances.get(job_id, 0)
         return sum(instances.values())

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_EXECUTED
 
-from scheduler_core.engine import LockFreeDispatchScheduler
+from scheduler_core.console import Console
+from scheduler_core.engine import Engine, LockFreeDispatchScheduler
 from scheduler_core.executor import ClaimingExecutor
 from scheduler_core.history import HistoryRecorder
 from tests.conftest import wait_for
+from tests.unit.test_engine import interval_job
 from tests.unit.test_executor import WAIT, Probe
 from tests.unit.test_idle import _FakeStore
 
@@ -100,6 +102,19 @@ def test_max_instances_still_holds_with_finished_runs_settled_at_the_next_submit
     finally:
         probe.release.set()
         scheduler.shutdown()
+
+
+def test_a_job_listing_reads_the_running_counts_once_not_once_per_job(console: Console, engine: Engine,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counts come from under the executor's lock, which the scheduler loop takes to submit every run: the
+    console refreshing 100,000 jobs must not take it 100,000 times."""
+    for i in range(5):
+        console.add_job(interval_job(f"j{i}"))
+    calls: list[int] = []
+    read = engine.executor.running_instances
+    monkeypatch.setattr(engine.executor, "running_instances", lambda: calls.append(1) or read())
+    assert [view.running for view in console.list_jobs()] == [0] * 5
+    assert len(calls) == 1
 
 
 def test_listeners_added_and_removed_are_dispatched_to_from_the_snapshot() -> None:
