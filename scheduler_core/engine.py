@@ -106,7 +106,7 @@ class Engine:
         in_child = settings.writer_process
         self.history = HistoryRecorder(self.store, on_rows=self._remember_runs, on_problem=self._database_problem,
                                        make_writer=lambda: make_writer(self.store, "history", in_child,
-                                                                         HISTORY_WRITER_NICENESS))
+                                                                         HISTORY_WRITER_NICENESS, background=True))
         self.jobstore = SpecJobStore(self.store, make_writer=lambda: make_writer(self.store, "jobstore", in_child))
         self.jobstore.is_recorded = lambda job_id, at: self.history.recorded_until.get(job_id, -1.0) >= at
         self.executor = ClaimingExecutor(settings.workers, self._claim, on_start=self._run_started)

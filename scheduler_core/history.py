@@ -43,7 +43,8 @@ _MARKED, _FINISHED = object(), object()  # marks of a run going on: see HistoryR
 # started 2-6 ms late (p99 15-28 ms); with the writer children at +10, none of 4 runs did (p99 2.0-3.4 ms). History
 # rows are buffered and can wait; the jobstore's writes cannot always (runs due at once wait for their claims), so
 # its process keeps this one's priority. Nor does it cost a burst of one-off runs: 0.88 x bare niced, 0.72 x
-# not (six runs each, bench/README.md).
+# not (six runs each, bench/README.md). On Linux it also runs in the idle class (writer.ProcessWriter's
+# `background`), and at this niceness only once it is seen starved.
 WRITER_NICENESS = 10
 
 

@@ -535,12 +535,14 @@ class Store:
             return False
 
     def insert_runs(
-        self, rows: Sequence[dict[str, Any]], via: KeptConnection | None = None
+        self, rows: Sequence[dict[str, Any]], via: KeptConnection | None = None, resent: bool = False
     ) -> tuple[int, list[dict[str, Any]]]:
         """Write finished runs in one transaction: a run claimed by a "running" row (run now) updates it, others
         are inserted. On a unique clash fall back to one by one, where an outcome replaces an "abandoned" row (a
         process that took over recorded the run as possibly started; this is how it ended). Returns (written,
-        duplicates): duplicates are runs of a (job, scheduled time) already recorded."""
+        duplicates): duplicates are runs of a (job, scheduled time) already recorded. `resent`: these rows may
+        have been written already (by a writer process killed before it answered); a row found as written, by
+        the host, process and time it was recorded, is not a duplicate."""
         if not rows:
             return 0, []
         source: Connectable = via or self.engine
@@ -572,9 +574,19 @@ class Store:
                 with source.begin() as conn:
                     if self._finish_claimed(conn, [row], replacing="abandoned"):
                         written += 1
+                    elif resent and self._recorded_already(conn, plain):
+                        written += 1
                     else:
                         duplicates.append(plain)
         return written, duplicates
+
+    @staticmethod
+    def _recorded_already(conn: sa.Connection, row: dict[str, Any]) -> bool:
+        cols = runs_table.c
+        return conn.execute(sa.select(cols.id).where(
+            cols.job_id == row["job_id"], cols.scheduled_at == row["scheduled_at"], cols.host == row["host"],
+            cols.pid == row["pid"], cols.recorded_at == row["recorded_at"], cols.outcome == row["outcome"],
+        )).first() is not None
 
     _RUN_COLUMNS = tuple(c.name for c in runs_table.c if c.name != "id")
     _run_values = staticmethod(operator.itemgetter(*_RUN_COLUMNS))

@@ -92,25 +92,37 @@ def _encode(message: Any) -> bytes:
 _decode = marshal.loads
 
 
-def make_writer(store: Store, name: str, in_child_process: bool, niceness: int = 0) -> Writer:
-    """The writer for one writer thread: a ProcessWriter, its process `niceness` steps behind this one for a CPU,
-    unless told otherwise or the database is an in-memory SQLite one, which a child process cannot open."""
+def make_writer(store: Store, name: str, in_child_process: bool, niceness: int = 0,
+                background: bool = False) -> Writer:
+    """The writer for one writer thread: a ProcessWriter, its process `niceness` steps behind this one for a CPU
+    (and in the idle class if `background`), unless told otherwise or the database is an in-memory SQLite one,
+    which a child process cannot open."""
     if in_child_process and store.shared_between_processes:
-        return ProcessWriter(store, name, niceness)
+        return ProcessWriter(store, name, niceness, background)
     return LocalWriter(store)
 
 
 class ProcessWriter:
     """The writes in a child process (`python -c _CHILD_MAIN`), started on first use and again after it
     dies. One caller at a time (each writer thread has its own). If the child cannot be started, or dies before
-    answering three times in a row, the writes go on in the calling thread (LocalWriter) and that is logged."""
+    answering three times in a row, the writes go on in the calling thread (LocalWriter) and that is logged.
+
+    A `background` child runs in Linux's idle scheduling class (SCHED_IDLE): the kernel puts a waking scheduler
+    thread on a CPU running only idle-class work as if it were free, and preempts that work at once. Niceness alone
+    let the child finish its time slice first (1.4 ms here), and a run due meanwhile started that late. The idle
+    class gets a CPU only when nothing else wants one: a child seen waiting more than STARVED_AFTER seconds for a
+    CPU during one call is restarted at its niceness only, so a machine kept busy by its jobs cannot hold the
+    writes back until the history's buffer overflows."""
 
     GIVE_UP_AFTER = 3
+    STARVED_AFTER = 0.5
 
-    def __init__(self, store: Store, name: str, niceness: int = 0) -> None:
+    def __init__(self, store: Store, name: str, niceness: int = 0, background: bool = False) -> None:
         self.store = store
         self.name = name
         self.niceness = niceness
+        # Only where starvation can be seen: without it the idle class could hold the writes back unnoticed.
+        self.background = background and hasattr(os, "SCHED_IDLE") and _cpu_state(os.getpid()) is not None
         self._proc: subprocess.Popen[bytes] | None = None
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
@@ -148,8 +160,8 @@ class ProcessWriter:
                 if self._proc is None:
                     self._start()
                 assert self._to_child is not None and self._from_child is not None
-                self._to_child.send_bytes(_encode([method, args]))
-                ok, value = _decode(self._from_child.recv_bytes())
+                self._to_child.send_bytes(_encode([method, args, False]))
+                ok, value = _decode(self._reply(method, args))
             except (OSError, EOFError) as exc:
                 why = self._stop() or str(exc) or type(exc).__name__
                 self._failures_in_a_row += 1
@@ -176,7 +188,8 @@ class ProcessWriter:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write), str(self.niceness)],
+                [sys.executable, "-c", _CHILD_MAIN, str(child_read), str(child_write), str(self.niceness),
+                 "idle" if self.background else ""],
                 pass_fds=(child_read, child_write), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env)
         except OSError:
@@ -193,6 +206,36 @@ class ProcessWriter:
         self._from_child = Connection(parent_read, writable=False)
         # The URL goes down the pipe, not on the command line, where `ps` would show its password.
         self._to_child.send_bytes(_encode(self.store.url))
+
+    def _reply(self, method: str, args: tuple[Any, ...]) -> bytes:
+        """The child's answer. A background child seen starved of a CPU is killed, and the call sent again to one
+        started at its niceness only: resent, a history row the starved child may have committed is not taken
+        for a second run of the same job."""
+        assert self._from_child is not None
+        if not self.background:
+            return self._from_child.recv_bytes()
+        assert self._proc is not None
+        look_every = self.STARVED_AFTER / 5
+        at_start = _cpu_state(self._proc.pid)
+        runnable = 0.0  # seconds seen runnable (sampled): running, or waiting for a CPU
+        while not self._from_child.poll(look_every):
+            now = _cpu_state(self._proc.pid)
+            if at_start is None or now is None:
+                continue
+            if now[0] == "R":
+                runnable += look_every
+            starved = runnable - (now[1] - at_start[1])  # runnable for longer than it ran
+            if starved > self.STARVED_AFTER:
+                log.warning("database writer process %s waited %.1f s for a CPU during one write: restarted at "
+                            "niceness %+d instead of the idle class", self.name, starved, self.niceness)
+                self.background = False
+                self._proc.kill()  # its transaction, if not committed, rolls back: the new child writes it
+                self._stop()
+                self._start()
+                assert self._to_child is not None and self._from_child is not None
+                self._to_child.send_bytes(_encode([method, args, True]))
+                return self._from_child.recv_bytes()
+        return self._from_child.recv_bytes()
 
     def _stop(self) -> str | None:
         """End the child; how it ended ("exit code 1", "killed by SIGKILL"), if it had ended by itself."""
@@ -223,8 +266,22 @@ class ProcessWriter:
 # must not kill it either.
 _CHILD_MAIN = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(int(sys.argv[3])); "
+               "sys.argv[4] and os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
                "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cpu_state(pid: int) -> tuple[str, float] | None:
+    """(state, seconds on a CPU so far) of process `pid`, or None where the kernel does not say. A process that
+    stays "R" (runnable) while its CPU time stands still is waiting for a CPU: the kernel adds to its run-queue
+    wait only once it runs again, which a starved one may not do for seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0].decode()
+        with open(f"/proc/{pid}/schedstat", "rb") as schedstat:
+            return state, int(schedstat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _relay(stream: Any, name: str) -> None:
@@ -243,13 +300,15 @@ def _serve(read_fd: int, write_fd: int) -> None:
     connection = store.kept_connection()
     while True:
         try:
-            method, args = _decode(inbox.recv_bytes())
+            method, args, resent = _decode(inbox.recv_bytes())
         except EOFError:
             break
         try:
             if method not in _METHODS:
                 raise ValueError(f"unknown writer call {method!r}")
-            reply = [True, getattr(store, method)(*args, via=connection)]
+            # Writing next run times again is harmless; history rows say which were written already.
+            options = {"resent": True} if resent and method == "insert_runs" else {}
+            reply = [True, getattr(store, method)(*args, via=connection, **options)]
         except Exception as exc:
             text = str(exc) if isinstance(exc, sa.exc.DBAPIError) else f"{type(exc).__name__}: {exc}"
             reply = [False, [isinstance(exc, sa.exc.DBAPIError), text]]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import sqlalchemy as sa
 
 from scheduler_core.history import WRITER_NICENESS, run_row
 from scheduler_core.store import Store, runs_table
-from scheduler_core.writer import LocalWriter, ProcessWriter, WriterGone, make_writer
+from scheduler_core.writer import LocalWriter, ProcessWriter, WriterGone, _cpu_state, make_writer
 from tests.conftest import wait_for
 
 
@@ -169,9 +172,68 @@ def test_an_engine_records_history_through_its_writer_processes(make_settings, d
         history_child, jobstore_child = children
         assert os.getpriority(os.PRIO_PROCESS, history_child) == min(19, os.nice(0) + WRITER_NICENESS)
         assert os.getpriority(os.PRIO_PROCESS, jobstore_child) == os.nice(0)
+        # and in the idle class, which a waking scheduler thread preempts at once
+        assert os.sched_getscheduler(history_child) == os.SCHED_IDLE
+        assert os.sched_getscheduler(jobstore_child) == os.SCHED_OTHER
     finally:
         engine.stop(timeout=5)
     assert not any(alive(pid) for pid in children)
+
+
+def test_a_background_writer_starved_of_cpu_leaves_the_idle_class_and_loses_nothing(
+        store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(ProcessWriter, "STARVED_AFTER", 0.05)
+    writer = ProcessWriter(store, "starved", niceness=WRITER_NICENESS, background=True)
+    hogs: list[subprocess.Popen[bytes]] = []
+
+    def stop_hogs_once_restarted() -> None:
+        wait_for(lambda: "instead of the idle class" in caplog.text, timeout=30, message="the starved child noticed")
+        for hog in hogs:
+            hog.kill()
+
+    try:
+        writer.insert_runs([run_row("s", 1000.0, "success")])
+        idle_child = writer.pid
+        assert idle_child and os.sched_getscheduler(idle_child) == os.SCHED_IDLE
+        # Every CPU busy at normal priority: the idle class gets almost none (a write took 28 s here).
+        hogs += [subprocess.Popen([sys.executable, "-c", "print(flush=True)\nwhile True: pass"],
+                                  stdout=subprocess.PIPE) for _ in range(os.cpu_count() or 2)]
+        for hog in hogs:
+            assert hog.stdout and hog.stdout.readline()  # started
+        wait_for(lambda: all((_cpu_state(hog.pid) or ("", 0.0))[1] > 0.2 for hog in hogs),
+                 message="the hogs to be spinning")
+        stopper = threading.Thread(target=stop_hogs_once_restarted)
+        with caplog.at_level(logging.WARNING, logger="scheduler_core.writer"):
+            stopper.start()
+            started = time.monotonic()
+            # A batch long enough to need more than the first moment of CPU an idle-class process gets on waking.
+            # The new child writes it: the caller sees one call that succeeded.
+            assert writer.insert_runs([run_row("s", 2000.0 + i, "success") for i in range(2000)]) == (2000, [])
+            stopper.join()
+        assert time.monotonic() - started < 20  # not the starved child's pace
+        assert not alive(idle_child)
+        assert os.sched_getscheduler(writer.pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, writer.pid) == min(19, os.nice(0) + WRITER_NICENESS)
+        writer.insert_runs([run_row("s", 5000.0, "success")])
+        recorded = outcomes(store, "s")
+        assert len(recorded) == 2002 and {1000.0, 2000.0, 3999.0, 5000.0} <= set(recorded)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        writer.close()
+
+
+def test_history_rows_resent_after_a_writer_died_are_not_taken_for_second_runs(store: Store) -> None:
+    row = run_row("r", 1000.0, "success")
+    assert store.insert_runs([row]) == (1, [])
+    # Written by a child killed before it answered, then sent again: the same row, not a second run.
+    assert store.insert_runs([dict(row)], resent=True) == (1, [])
+    # A second run of the same job and time is still a duplicate, resent or not.
+    again = run_row("r", 1000.0, "success")
+    written, duplicates = store.insert_runs([again], resent=True)
+    assert written == 0 and [(d["job_id"], d["scheduled_at"]) for d in duplicates] == [("r", 1000.0)]
+    assert outcomes(store, "r") == {1000.0: "success"}
 
 
 def test_a_jobstore_whose_writer_thread_is_not_running_writes_on_flush_from_the_caller(store: Store) -> None:
