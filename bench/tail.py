@@ -6,9 +6,15 @@ database server are busy on the same cores), each change poll and each garbage c
 started more than `--late-ms` after their scheduled time, prints how often each kind of activity overlapped them,
 against how often it overlapped any run: a kind over-represented among the late runs is a cause to look at.
 
+It also splits each run's lateness in two (the scheduler loop waking and finding it due; the hand-over to a
+worker thread), prints each thread's wait for a CPU from the kernel's schedstat, and with `--perf-sched` records
+the kernel's scheduling events for a few seconds of the window (perf, as root) to show how long the loop and the
+workers took to get a CPU once woken, and what held the CPU they were woken on.
+
     python -m bench.tail --db postgresql --jobs 10000
-    python -m bench.tail --db mariadb --jobs 10000 --jobstore-niceness 10   # A/B the jobstore child's priority
-    python -m bench.tail --db sqlite --niced-idle                            # the niced children as SCHED_IDLE
+    python -m bench.tail --db sqlite --perf-sched 5                          # who held the CPU a late wake waited for
+    python -m bench.tail --db sqlite --history-class nice                    # A/B: the history child niced only
+    python -m bench.tail --db mariadb --jobstore-niceness 10                 # A/B the jobstore child's priority
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
+import re
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,12 +39,16 @@ from bench import common, lateness
 from scheduler_core.store import runs_table
 
 Span = tuple[str, float, float]  # (kind, start epoch, end epoch)
+Run = tuple[str, float, float]  # (job id, scheduled epoch, started epoch)
+
+CHILDREN: dict[int, str] = {}  # writer process pid -> "history child" / "jobstore child"
+THREADS: dict[int, str] = {}  # thread id -> name, as last seen
+SCHEDSTAT: dict[int, list[int]] = {}  # thread id -> (on-CPU ns, runnable-but-waiting ns, time slices), as last seen
+ITERATIONS: list[tuple[float, float]] = []  # the scheduler loop's rounds (_process_jobs): (start, end) epochs
 
 
-def record_spans(jobstore_niceness: int | None, niced_idle: bool = False) -> list[Span]:
-    """Wrap the calls to time; returns the list they append to. Optionally change the writer children's priority
-    (an experiment: what is committed is history.WRITER_NICENESS)."""
-    import scheduler_core.engine as engine_mod
+def record_spans() -> list[Span]:
+    """Wrap the calls to time; returns the list they append to."""
     import scheduler_core.store as store_mod
     import scheduler_core.writer as writer_mod
 
@@ -49,6 +65,13 @@ def record_spans(jobstore_niceness: int | None, niced_idle: bool = False) -> lis
 
     writer_mod.ProcessWriter._call = timed(lambda writer: writer.name, writer_mod.ProcessWriter._call)
     store_mod.Store.poll = timed(lambda _: "poll", store_mod.Store.poll)
+    start_child = writer_mod.ProcessWriter._start
+
+    def named_start(self: Any) -> None:
+        start_child(self)
+        CHILDREN[self._proc.pid] = f"{self.name} child"
+
+    writer_mod.ProcessWriter._start = named_start
     gc_start: dict[str, float] = {}
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -58,21 +81,129 @@ def record_spans(jobstore_niceness: int | None, niced_idle: bool = False) -> lis
             spans.append((f"gc{info['generation']}", gc_start.get("t", time.time()), time.time()))
 
     gc.callbacks.append(on_gc)
-    if jobstore_niceness is not None:
-        make_writer = engine_mod.make_writer
-
-        def niced(store: Any, name: str, in_child: bool, niceness: int = 0) -> Any:
-            return make_writer(store, name, in_child, jobstore_niceness if name == "jobstore" else niceness)
-
-        engine_mod.make_writer = niced
-    if niced_idle:
-        # SCHED_IDLE: a waking scheduler thread always preempts the child (nice only weighs it down).
-        writer_mod._CHILD_MAIN = writer_mod._CHILD_MAIN.replace(
-            "os.nice(int(sys.argv[3])); ",
-            "os.nice(int(sys.argv[3])); int(sys.argv[3]) and os.sched_setscheduler(0, os.SCHED_IDLE, "
-            "os.sched_param(0)); ")
-        assert "SCHED_IDLE" in writer_mod._CHILD_MAIN
     return spans
+
+
+def set_writer_classes(history_class: str, jobstore_niceness: int | None, child_slice_us: int) -> None:
+    """Experiments on the writer children's CPU priority (what is committed: engine.py's make_writer calls)."""
+    import scheduler_core.engine as engine_mod
+    import scheduler_core.writer as writer_mod
+
+    make_writer = engine_mod.make_writer
+
+    def classed(store: Any, name: str, in_child: bool, niceness: int = 0, background: bool = False) -> Any:
+        if name == "history":
+            background = history_class == "idle"
+        elif jobstore_niceness is not None:
+            niceness = jobstore_niceness
+        return make_writer(store, name, in_child, niceness, background)
+
+    engine_mod.make_writer = classed
+    if child_slice_us:
+        # An EEVDF custom slice (Linux 6.12+, sched_setattr's sched_runtime): a short one ends the child's
+        # protection from a waking thread sooner. Measured: no effect on the tail here (bench/README.md).
+        writer_mod._CHILD_MAIN = writer_mod._CHILD_MAIN.replace("os.nice(int(sys.argv[3])); ", (
+            "os.nice(int(sys.argv[3])); import ctypes, struct; ctypes.CDLL(None).syscall(314, 0, "
+            "ctypes.create_string_buffer(struct.pack('IIQiIQQQ', 48, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0, "
+            f"{child_slice_us * 1000}, 0, 0)), 0); "))
+
+
+def record_loop() -> dict[tuple[str, float], float]:
+    """(job id, scheduled epoch) -> when the scheduler loop handed the run to the executor; and the loop's rounds."""
+    import scheduler_core.engine as engine_mod
+    import scheduler_core.executor as executor_mod
+
+    submitted: dict[tuple[str, float], float] = {}
+    submit_job = executor_mod.ClaimingExecutor.submit_job
+
+    def timed_submit(self: Any, job: Any, run_times: list[Any]) -> None:
+        now = time.time()
+        for run_time in run_times:
+            submitted[(job.id, round(run_time.timestamp(), 3))] = now
+        submit_job(self, job, run_times)
+
+    executor_mod.ClaimingExecutor.submit_job = timed_submit
+    process_jobs = engine_mod.LockFreeDispatchScheduler._process_jobs
+
+    def timed_process(self: Any) -> Any:
+        start = time.time()
+        try:
+            return process_jobs(self)
+        finally:
+            ITERATIONS.append((start, time.time()))
+
+    engine_mod.LockFreeDispatchScheduler._process_jobs = timed_process
+    return submitted
+
+
+def sample_threads(stop: threading.Event) -> None:
+    """The kernel's per-thread run-queue figures: how long each thread waited for a CPU once runnable, as distinct
+    from waiting for the GIL (which is sleeping on a futex)."""
+    while not stop.wait(0.5):
+        THREADS.update({t.native_id: t.name for t in threading.enumerate() if t.native_id})
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                SCHEDSTAT[int(task.name)] = [int(x) for x in (task / "schedstat").read_text().split()]
+            except OSError:
+                continue
+
+
+def thread_label(tid: int) -> str:
+    if tid == 0:
+        return "idle"
+    if tid in CHILDREN:
+        return CHILDREN[tid]
+    if tid in THREADS:
+        return re.sub(r"-\d+$", "", THREADS[tid])  # carnation-worker-3 -> carnation-worker
+    return f"other process ({tid})"
+
+
+def stage_table(runs: list[Run], submitted: dict[tuple[str, float], float], late_s: float) -> list[list[Any]]:
+    """Each run's lateness in two: due -> submitted by the loop, submitted -> started on a worker."""
+    rows = []
+    for label, chosen in (("late runs", [r for r in runs if r[2] - r[1] > late_s]), ("all runs", runs)):
+        loop, handover = [], []
+        for job_id, scheduled, started in chosen:
+            at = submitted.get((job_id, round(scheduled, 3)))
+            if at is not None:
+                loop.append(1000 * (at - scheduled))
+                handover.append(1000 * (started - at))
+        for stage, values in (("loop: due -> submitted", loop), ("hand-over: submitted -> started", handover)):
+            if values:
+                rows.append([label, stage, len(values), *_mean_quantiles(values, (0.5, 0.99))])
+    # The loop's part of the late runs: still busy with an earlier round, waking after the due time, or in the
+    # round itself before this run's submit.
+    starts = [start for start, _ in ITERATIONS]
+    busy, woke, in_round = [], [], []
+    for job_id, scheduled, started in runs:
+        at = submitted.get((job_id, round(scheduled, 3)))
+        if started - scheduled <= late_s or at is None:
+            continue
+        i = bisect.bisect_right(starts, at) - 1
+        previous_end = ITERATIONS[i - 1][1] if i > 0 else 0.0
+        busy.append(1000 * max(0.0, previous_end - scheduled))
+        woke.append(1000 * max(0.0, ITERATIONS[i][0] - max(scheduled, previous_end)))
+        in_round.append(1000 * (at - max(ITERATIONS[i][0], scheduled)))
+    for stage, values in (("  loop still busy at the due time", busy), ("  loop woke after the due time", woke),
+                          ("  loop round, before the submit", in_round)):
+        if values:
+            rows.append(["late runs", stage, len(values), *_mean_quantiles(values, (0.5, 0.99))])
+    return rows
+
+
+def _mean_quantiles(values: list[float], quantiles: tuple[float, ...]) -> list[str]:
+    values = sorted(values)
+    return [f"{sum(values) / len(values):.3f}"] + [f"{values[min(len(values) - 1, int(len(values) * q))]:.3f}"
+                                                   for q in quantiles]
+
+
+def schedstat_table() -> list[list[Any]]:
+    rows = []
+    for tid, (on_cpu, waiting, slices) in sorted(SCHEDSTAT.items(), key=lambda kv: -kv[1][0]):
+        if on_cpu > 1e8:
+            rows.append([THREADS.get(tid, tid), f"{on_cpu / 1e9:.2f}", f"{waiting / 1e9:.3f}", f"{slices:,}",
+                         f"{waiting / max(1, slices) / 1e3:.1f}"])
+    return rows
 
 
 def overlap_table(runs: list[tuple[float, float]], spans: list[Span], late_s: float) -> list[list[Any]]:
@@ -96,6 +227,59 @@ def overlap_table(runs: list[tuple[float, float]], spans: list[Span], late_s: fl
     return rows
 
 
+# --- perf sched -----------------------------------------------------------------------------------------------------
+def start_perf_sched(at: float, seconds: float, out: Path) -> threading.Thread:
+    """`perf sched record` of every CPU for `seconds`, from epoch `at` (inside the window)."""
+    def record() -> None:
+        common.sleep_until(at)
+        done = subprocess.run(["perf", "sched", "record", "-a", "-o", str(out), "--", "sleep", str(seconds)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            print(f"perf sched record failed (perf installed? root?): {done.stderr.strip()[-300:]}")
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
+def wake_table(perf_data: Path, slow_ms: float = 0.5) -> list[list[Any]]:
+    """From the recording: for the loop and for the workers, the time from being woken to running, and what ran on
+    the CPU they were woken onto when that took longer than `slow_ms`."""
+    script = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "tid,cpu,time,event,trace"],
+                            capture_output=True, text=True).stdout
+    loop = {tid for tid, name in THREADS.items() if name == "APScheduler"}
+    workers = {tid for tid, name in THREADS.items() if name.startswith("carnation-worker")}
+    running: dict[int, int] = {}  # cpu -> tid
+    woken: dict[int, tuple[float, str]] = {}  # tid -> (when, what ran on its target CPU)
+    delays: dict[str, list[tuple[float, str]]] = {"scheduler loop": [], "workers": []}
+    for line in script.splitlines():
+        m = re.match(r"\s*(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+sched:(sched_switch|sched_waking):\s+(.*)", line)
+        if not m:
+            continue
+        tid, cpu, at, event, rest = int(m[1]), int(m[2]), float(m[3]), m[4], m[5]
+        running.setdefault(cpu, tid)
+        if event == "sched_switch":
+            next_tid = int(re.search(r"next_pid=(\d+)", rest)[1])  # type: ignore[index]
+            running[cpu] = next_tid
+            if next_tid in woken:
+                when, holder = woken.pop(next_tid)
+                delays["scheduler loop" if next_tid in loop else "workers"].append((1000 * (at - when), holder))
+        else:
+            target = int(re.search(r" pid=(\d+)", rest)[1])  # type: ignore[index]
+            if target in loop or target in workers:
+                target_cpu = int(re.search(r"target_cpu=(\d+)", rest)[1])  # type: ignore[index]
+                woken[target] = (at, thread_label(running.get(target_cpu, -1)))
+    rows = []
+    for who, found in delays.items():
+        if not found:
+            continue
+        slow = Counter(holder for delay, holder in found if delay > slow_ms)
+        rows.append([who, f"{len(found):,}", *_mean_quantiles([d for d, _ in found], (0.5, 0.99, 0.999))[1:],
+                     f"{max(d for d, _ in found):.2f}", sum(slow.values()),
+                     ", ".join(f"{holder} {n}" for holder, n in slow.most_common(4))])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="postgresql", choices=common.ALL_DBS)
@@ -103,32 +287,56 @@ def main() -> int:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--late-ms", type=float, default=1.0)
+    parser.add_argument("--perf-sched", type=float, default=0, metavar="SECONDS",
+                        help="record the kernel's scheduling events for this long, 3 s into the window")
+    parser.add_argument("--history-class", choices=("idle", "nice"), default="idle",
+                        help="the history child in the idle class (as committed) or niced only")
     parser.add_argument("--jobstore-niceness", type=int, default=None)
-    parser.add_argument("--niced-idle", action="store_true", help="run the niced writer children as SCHED_IDLE")
+    parser.add_argument("--child-slice-us", type=int, default=0, help="an EEVDF custom slice for both children")
     args = parser.parse_args()
     print(common.header("tail"))
-    spans = record_spans(args.jobstore_niceness, args.niced_idle)
+    spans = record_spans()
+    set_writer_classes(args.history_class, args.jobstore_niceness, args.child_slice_us)
+    submitted = record_loop()
+    stop_sampling = threading.Event()
+    threading.Thread(target=sample_threads, args=(stop_sampling,), daemon=True).start()
     lateness.hard_exit_after = lambda *a, **k: None  # this process goes on after the engine stops
     with common.bench_tmp() as tmp:
         common.isolate_environment(tmp)
         common.quiet_logging()
         with common.database(args.db, tmp, "tail") as url:
+            lead = 2.0 + args.jobs * 0.0006
+            perf_data = Path(tempfile.mkdtemp(dir=tmp)) / "sched.data"
+            if args.perf_sched:
+                perf = start_perf_sched(time.time() + lead + 5, args.perf_sched, perf_data)
             params = dict(contender="carnation", n=args.jobs, interval=args.interval, duration=args.duration,
-                          drain=2, grace=1, workers=10, lead=2.0 + args.jobs * 0.0006, url=url, tmp=str(tmp))
+                          drain=2, grace=1, workers=10, lead=lead, url=url, tmp=str(tmp))
             result = lateness.child(params)
+            stop_sampling.set()
             engine = sa.create_engine(url)
             with engine.connect() as conn:
-                rows = conn.execute(sa.select(runs_table.c.scheduled_at, runs_table.c.started_at)
-                                    .where(runs_table.c.outcome == "success")).all()
+                rows = conn.execute(sa.select(runs_table.c.job_id, runs_table.c.scheduled_at,
+                                              runs_table.c.started_at).where(runs_table.c.outcome == "success")).all()
             engine.dispose()
-    runs = [(scheduled, started) for scheduled, started in rows if started is not None]
-    first, last = min(s for s, _ in runs), max(s for s, _ in runs)
-    runs = [run for run in runs if first + 2 <= run[0] <= last - 2]  # not the start-up and drain edges
-    late = sum(1 for s, t in runs if t - s > args.late_ms / 1000)
+            waking = []
+            if args.perf_sched:
+                perf.join()
+                waking = wake_table(perf_data) if perf_data.exists() else []
+    staged: list[Run] = [(job_id, scheduled, started) for job_id, scheduled, started in rows if started is not None]
+    first, last = min(s for _, s, _ in staged), max(s for _, s, _ in staged)
+    staged = [run for run in staged if first + 2 <= run[1] <= last - 2]  # not the start-up and drain edges
+    runs = [(scheduled, started) for _, scheduled, started in staged]
+    late_s = args.late_ms / 1000
+    late = sum(1 for s, t in runs if t - s > late_s)
     print(f"{args.jobs:,} jobs on {args.db}: p50 {result['late']['p50']:.2f} p99 {result['late']['p99']:.2f} ms; "
           f"{late:,} of {len(runs):,} runs ({100 * late / len(runs):.2f} %) started more than {args.late_ms:g} ms late")
     print(common.table(["activity", "count", "busy %", "overlaps late %", "overlaps any %", "mean ms"],
-                       overlap_table(runs, spans, args.late_ms / 1000)))
+                       overlap_table(runs, spans, late_s)))
+    print(common.table(["runs", "stage", "count", "mean ms", "p50 ms", "p99 ms"], stage_table(staged, submitted, late_s)))
+    print(common.table(["thread", "cpu s", "waiting for a cpu s", "time slices", "mean wait us"], schedstat_table()))
+    if waking:
+        print(common.table(["woken", "wakes", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "> 0.5 ms",
+                            "on the CPU woken onto, when > 0.5 ms"], waking))
     return 0
 
 
