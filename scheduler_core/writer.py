@@ -266,8 +266,7 @@ class ProcessWriter:
 # must not kill it either.
 _CHILD_MAIN = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                "signal.signal(signal.SIGTERM, signal.SIG_IGN); os.nice(int(sys.argv[3])); "
-               "sys.argv[4] and os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)); "
-               "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))")
+               "from scheduler_core.writer import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4])")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -290,8 +289,13 @@ def _relay(stream: Any, name: str) -> None:
             log.warning("database writer process %s: %s", name, line.decode(errors="replace").rstrip())
 
 
-def _serve(read_fd: int, write_fd: int) -> None:
+def _serve(read_fd: int, write_fd: int, scheduling_class: str = "") -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # to stderr: relayed
+    if scheduling_class == "idle":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:  # a sandbox may forbid it: niced only, and still writing
+            log.warning("not in the idle scheduling class: %s", exc)
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     try:
         store = Store(_decode(inbox.recv_bytes()))
