@@ -84,7 +84,8 @@ def record_spans() -> list[Span]:
     return spans
 
 
-def set_writer_classes(history_class: str, jobstore_niceness: int | None, child_slice_us: int) -> None:
+def set_writer_classes(history_class: str, jobstore_class: str, jobstore_niceness: int | None,
+                       child_slice_us: int) -> None:
     """Experiments on the writer children's CPU priority (what is committed: engine.py's make_writer calls)."""
     import scheduler_core.engine as engine_mod
     import scheduler_core.writer as writer_mod
@@ -94,8 +95,9 @@ def set_writer_classes(history_class: str, jobstore_niceness: int | None, child_
     def classed(store: Any, name: str, in_child: bool, niceness: int = 0, background: bool = False) -> Any:
         if name == "history":
             background = history_class == "idle"
-        elif jobstore_niceness is not None:
-            niceness = jobstore_niceness
+        else:
+            background = jobstore_class == "idle"
+            niceness = niceness if jobstore_niceness is None else jobstore_niceness
         return make_writer(store, name, in_child, niceness, background)
 
     engine_mod.make_writer = classed
@@ -288,15 +290,17 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--late-ms", type=float, default=1.0)
     parser.add_argument("--perf-sched", type=float, default=0, metavar="SECONDS",
-                        help="record the kernel's scheduling events for this long, 3 s into the window")
+                        help="record the kernel's scheduling events for this long, from about 5 s into the window")
     parser.add_argument("--history-class", choices=("idle", "nice"), default="idle",
                         help="the history child in the idle class (as committed) or niced only")
+    parser.add_argument("--jobstore-class", choices=("idle", "normal"), default="normal",
+                        help="the jobstore child in the idle class, or at normal priority (as committed)")
     parser.add_argument("--jobstore-niceness", type=int, default=None)
     parser.add_argument("--child-slice-us", type=int, default=0, help="an EEVDF custom slice for both children")
     args = parser.parse_args()
     print(common.header("tail"))
     spans = record_spans()
-    set_writer_classes(args.history_class, args.jobstore_niceness, args.child_slice_us)
+    set_writer_classes(args.history_class, args.jobstore_class, args.jobstore_niceness, args.child_slice_us)
     submitted = record_loop()
     stop_sampling = threading.Event()
     threading.Thread(target=sample_threads, args=(stop_sampling,), daemon=True).start()
