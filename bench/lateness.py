@@ -183,6 +183,8 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": rss, "setup_s": ready - t_setup,
         "window_delayed_s": max(0.0, w0 - t0), **extra,
     }
+    if p.get("keep_records"):  # bench.tail, in this process: (scheduled, started, event code, job id) of each run
+        result["records"] = records
     # Stopping a lagging scheduler joins its loop thread, which can take long: the result is already out.
     hard_exit_after(20)
     if engine is not None:

@@ -14,6 +14,7 @@ workers took to get a CPU once woken, and what held the CPU they were woken on.
     python -m bench.tail --db postgresql --jobs 10000
     python -m bench.tail --db sqlite --perf-sched 5                          # who held the CPU a late wake waited for
     python -m bench.tail --db sqlite --history-class nice                    # A/B: the history child niced only
+    python -m bench.tail --jobs 1000 --contender bare-memory                 # bare APScheduler, split the same way
     python -m bench.tail --db mariadb --jobstore-niceness 10                 # A/B the jobstore child's priority
 """
 
@@ -33,10 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+from apscheduler.events import EVENT_JOB_EXECUTED
 
 from bench import common, lateness
-from scheduler_core.store import runs_table
 
 Span = tuple[str, float, float]  # (kind, start epoch, end epoch)
 Run = tuple[str, float, float]  # (job id, scheduled epoch, started epoch)
@@ -112,20 +112,25 @@ def set_writer_classes(history_class: str, jobstore_class: str, jobstore_nicenes
 
 def record_loop() -> dict[tuple[str, float], float]:
     """(job id, scheduled epoch) -> when the scheduler loop handed the run to the executor; and the loop's rounds."""
-    import scheduler_core.engine as engine_mod
+    from apscheduler.executors.base import BaseExecutor
+    from apscheduler.schedulers.base import BaseScheduler
+
     import scheduler_core.executor as executor_mod
 
     submitted: dict[tuple[str, float], float] = {}
-    submit_job = executor_mod.ClaimingExecutor.submit_job
 
-    def timed_submit(self: Any, job: Any, run_times: list[Any]) -> None:
-        now = time.time()
-        for run_time in run_times:
-            submitted[(job.id, round(run_time.timestamp(), 3))] = now
-        submit_job(self, job, run_times)
+    def timed(submit_job: Callable[..., None]) -> Callable[..., None]:
+        def timed_submit(self: Any, job: Any, run_times: list[Any]) -> None:
+            now = time.time()
+            for run_time in run_times:
+                submitted[(job.id, round(run_time.timestamp(), 3))] = now
+            submit_job(self, job, run_times)
+        return timed_submit
 
-    executor_mod.ClaimingExecutor.submit_job = timed_submit
-    process_jobs = engine_mod.LockFreeDispatchScheduler._process_jobs
+    # carnation's executor has its own submit_job; bare APScheduler's ThreadPoolExecutor uses BaseExecutor's.
+    executor_mod.ClaimingExecutor.submit_job = timed(executor_mod.ClaimingExecutor.submit_job)
+    BaseExecutor.submit_job = timed(BaseExecutor.submit_job)
+    process_jobs = BaseScheduler._process_jobs
 
     def timed_process(self: Any) -> Any:
         start = time.time()
@@ -134,7 +139,7 @@ def record_loop() -> dict[tuple[str, float], float]:
         finally:
             ITERATIONS.append((start, time.time()))
 
-    engine_mod.LockFreeDispatchScheduler._process_jobs = timed_process
+    BaseScheduler._process_jobs = timed_process
     return submitted
 
 
@@ -156,7 +161,7 @@ def thread_label(tid: int) -> str:
     if tid in CHILDREN:
         return CHILDREN[tid]
     if tid in THREADS:
-        return re.sub(r"-\d+$", "", THREADS[tid])  # carnation-worker-3 -> carnation-worker
+        return re.sub(r"[-_]\d+$", "", THREADS[tid])  # carnation-worker-3 -> carnation-worker
     return f"other process ({tid})"
 
 
@@ -250,7 +255,7 @@ def wake_table(perf_data: Path, slow_ms: float = 0.5) -> list[list[Any]]:
     script = subprocess.run(["perf", "script", "-i", str(perf_data), "-F", "tid,cpu,time,event,trace"],
                             capture_output=True, text=True).stdout
     loop = {tid for tid, name in THREADS.items() if name == "APScheduler"}
-    workers = {tid for tid, name in THREADS.items() if name.startswith("carnation-worker")}
+    workers = {tid for tid, name in THREADS.items() if name.startswith(("carnation-worker", "ThreadPoolExecutor"))}
     running: dict[int, int] = {}  # cpu -> tid
     woken: dict[int, tuple[float, str]] = {}  # tid -> (when, what ran on its target CPU)
     delays: dict[str, list[tuple[float, str]]] = {"scheduler loop": [], "workers": []}
@@ -285,6 +290,8 @@ def wake_table(perf_data: Path, slow_ms: float = 0.5) -> list[list[Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default="postgresql", choices=common.ALL_DBS)
+    parser.add_argument("--contender", choices=("carnation", "bare-memory"), default="carnation",
+                        help="bare-memory: bare APScheduler with MemoryJobStore, split the same way")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--duration", type=int, default=20)
@@ -313,30 +320,29 @@ def main() -> int:
             perf_data = Path(tempfile.mkdtemp(dir=tmp)) / "sched.data"
             if args.perf_sched:
                 perf = start_perf_sched(time.time() + lead + 5, args.perf_sched, perf_data)
-            params = dict(contender="carnation", n=args.jobs, interval=args.interval, duration=args.duration,
-                          drain=2, grace=1, workers=10, lead=lead, url=url, tmp=str(tmp))
+            params = dict(contender=args.contender, n=args.jobs, interval=args.interval, duration=args.duration,
+                          drain=2, grace=1, workers=10, lead=lead, url=url, tmp=str(tmp), keep_records=True)
             result = lateness.child(params)
             stop_sampling.set()
-            engine = sa.create_engine(url)
-            with engine.connect() as conn:
-                rows = conn.execute(sa.select(runs_table.c.job_id, runs_table.c.scheduled_at,
-                                              runs_table.c.started_at).where(runs_table.c.outcome == "success")).all()
-            engine.dispose()
             waking = []
             if args.perf_sched:
                 perf.join()
                 waking = wake_table(perf_data) if perf_data.exists() else []
-    staged: list[Run] = [(job_id, scheduled, started) for job_id, scheduled, started in rows if started is not None]
-    first, last = min(s for _, s, _ in staged), max(s for _, s, _ in staged)
-    staged = [run for run in staged if first + 2 <= run[1] <= last - 2]  # not the start-up and drain edges
+    staged: list[Run] = [(job_id, scheduled, started) for scheduled, started, code, job_id in result["records"]
+                         if code == EVENT_JOB_EXECUTED]
     runs = [(scheduled, started) for _, scheduled, started in staged]
+    first, last = min(s for s, _ in runs), max(s for s, _ in runs)
     late_s = args.late_ms / 1000
     late = sum(1 for s, t in runs if t - s > late_s)
-    print(f"{args.jobs:,} jobs on {args.db}: p50 {result['late']['p50']:.2f} p99 {result['late']['p99']:.2f} ms; "
+    print(f"{args.contender}, {args.jobs:,} jobs on {args.db}: p50 {result['late']['p50']:.2f} p99 {result['late']['p99']:.2f} ms; "
           f"{late:,} of {len(runs):,} runs ({100 * late / len(runs):.2f} %) started more than {args.late_ms:g} ms late")
     print(common.table(["activity", "count", "busy %", "overlaps late %", "overlaps any %", "mean ms"],
                        overlap_table(runs, spans, late_s)))
     print(common.table(["runs", "stage", "count", "mean ms", "p50 ms", "p99 ms"], stage_table(staged, submitted, late_s)))
+    window = [1000 * (end - start) for start, end in ITERATIONS if first <= start <= last]
+    if window:
+        print(f"scheduler loop: {len(window):,} rounds in the window, mean / p50 / p99 "
+              f"{' / '.join(_mean_quantiles(window, (0.5, 0.99)))} ms each")
     print(common.table(["thread", "cpu s", "waiting for a cpu s", "time slices", "mean wait us"], schedstat_table()))
     if waking:
         print(common.table(["woken", "wakes", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "> 0.5 ms",
