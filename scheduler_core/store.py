@@ -541,8 +541,8 @@ class Store:
         are inserted. On a unique clash fall back to one by one, where an outcome replaces an "abandoned" row (a
         process that took over recorded the run as possibly started; this is how it ended). Returns (written,
         duplicates): duplicates are runs of a (job, scheduled time) already recorded. `resent`: these rows may
-        have been written already (by a writer process killed before it answered); a row found as written, by
-        the host, process and time it was recorded, is not a duplicate."""
+        have been written already (by a writer process that died or was killed before it answered); a row found
+        as written, by the host, process and time it was recorded, is not a duplicate."""
         if not rows:
             return 0, []
         source: Connectable = via or self.engine

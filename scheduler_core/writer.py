@@ -127,6 +127,7 @@ class ProcessWriter:
         self._to_child: Connection | None = None
         self._from_child: Connection | None = None
         self._failures_in_a_row = 0
+        self._unanswered = False  # the last call got no answer
         self._local: LocalWriter | None = None
         self._lock = threading.Lock()
 
@@ -160,9 +161,12 @@ class ProcessWriter:
                 if self._proc is None:
                     self._start()
                 assert self._to_child is not None and self._from_child is not None
-                self._to_child.send_bytes(_encode([method, args, False]))
+                self._to_child.send_bytes(_encode([method, args, self._unanswered]))
                 ok, value = _decode(self._reply(method, args))
             except (OSError, EOFError) as exc:
+                # The child may have committed before it died: the caller's retry is sent marked, so the history
+                # rows it wrote are not taken for second runs.
+                self._unanswered = True
                 why = self._stop() or str(exc) or type(exc).__name__
                 self._failures_in_a_row += 1
                 if self._failures_in_a_row >= self.GIVE_UP_AFTER:
@@ -171,6 +175,7 @@ class ProcessWriter:
                     self._local = LocalWriter(self.store)
                 raise WriterGone(f"database writer process {self.name} ended: {why}") from None
             self._failures_in_a_row = 0
+            self._unanswered = False
         if ok:
             return value
         database_error, text = value

@@ -236,6 +236,23 @@ def test_history_rows_resent_after_a_writer_died_are_not_taken_for_second_runs(s
     assert outcomes(store, "r") == {1000.0: "success"}
 
 
+def test_a_batch_retried_after_its_child_died_unanswered_is_not_taken_for_second_runs(
+        store: Store, writer: ProcessWriter) -> None:
+    rows = [run_row("u", 1000.0 + i, "success") for i in range(3)]
+    writer.open()
+    # The child commits the batch and is killed before it answers (here: the rows written as it would have, then
+    # the kill), so the caller gets WriterGone and retries the same rows.
+    assert store.insert_runs(rows) == (3, [])
+    os.kill(writer.pid, signal.SIGKILL)
+    with pytest.raises(WriterGone):
+        writer.insert_runs(rows)
+    assert writer.insert_runs(rows) == (3, [])
+    # Answered calls are not marked: a real second run is still reported.
+    written, duplicates = writer.insert_runs([run_row("u", 1000.0, "success")])
+    assert written == 0 and len(duplicates) == 1
+    assert len(outcomes(store, "u")) == 3
+
+
 def test_a_jobstore_whose_writer_thread_is_not_running_writes_on_flush_from_the_caller(store: Store) -> None:
     from scheduler_core.jobstore import SpecJobStore
 
