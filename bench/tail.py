@@ -102,8 +102,9 @@ def set_writer_classes(history_class: str, jobstore_class: str, jobstore_nicenes
 
     engine_mod.make_writer = classed
     if child_slice_us:
-        # An EEVDF custom slice (Linux 6.12+, sched_setattr's sched_runtime): a short one ends the child's
-        # protection from a waking thread sooner. Measured: no effect on the tail here (bench/README.md).
+        # An EEVDF custom slice (Linux 6.12+, sched_setattr's sched_runtime; syscall 314 is x86_64's): a short one
+        # ends the child's protection from a waking thread sooner. Measured: no effect on the tail here
+        # (bench/README.md).
         writer_mod._CHILD_MAIN = writer_mod._CHILD_MAIN.replace("os.nice(int(sys.argv[3])); ", (
             "os.nice(int(sys.argv[3])); import ctypes, struct; ctypes.CDLL(None).syscall(314, 0, "
             "ctypes.create_string_buffer(struct.pack('IIQiIQQQ', 48, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0, "
@@ -177,7 +178,7 @@ def stage_table(runs: list[Run], submitted: dict[tuple[str, float], float], late
                 handover.append(1000 * (started - at))
         for stage, values in (("loop: due -> submitted", loop), ("hand-over: submitted -> started", handover)):
             if values:
-                rows.append([label, stage, len(values), *_mean_quantiles(values, (0.5, 0.99))])
+                rows.append([label, stage, len(values), *_mean_quantiles(values, (50, 99))])
     # The loop's part of the late runs: still busy with an earlier round, waking after the due time, or in the
     # round itself before this run's submit.
     starts = [start for start, _ in ITERATIONS]
@@ -194,14 +195,14 @@ def stage_table(runs: list[Run], submitted: dict[tuple[str, float], float], late
     for stage, values in (("  loop still busy at the due time", busy), ("  loop woke after the due time", woke),
                           ("  loop round, before the submit", in_round)):
         if values:
-            rows.append(["late runs", stage, len(values), *_mean_quantiles(values, (0.5, 0.99))])
+            rows.append(["late runs", stage, len(values), *_mean_quantiles(values, (50, 99))])
     return rows
 
 
 def _mean_quantiles(values: list[float], quantiles: tuple[float, ...]) -> list[str]:
+    """Mean, then each percentile (0..100), as table cells."""
     values = sorted(values)
-    return [f"{sum(values) / len(values):.3f}"] + [f"{values[min(len(values) - 1, int(len(values) * q))]:.3f}"
-                                                   for q in quantiles]
+    return [f"{sum(values) / len(values):.3f}"] + [f"{common.percentile(values, q):.3f}" for q in quantiles]
 
 
 def schedstat_table() -> list[list[Any]]:
@@ -281,7 +282,7 @@ def wake_table(perf_data: Path, slow_ms: float = 0.5) -> list[list[Any]]:
         if not found:
             continue
         slow = Counter(holder for delay, holder in found if delay > slow_ms)
-        rows.append([who, f"{len(found):,}", *_mean_quantiles([d for d, _ in found], (0.5, 0.99, 0.999))[1:],
+        rows.append([who, f"{len(found):,}", *_mean_quantiles([d for d, _ in found], (50, 99, 99.9))[1:],
                      f"{max(d for d, _ in found):.2f}", sum(slow.values()),
                      ", ".join(f"{holder} {n}" for holder, n in slow.most_common(4))])
     return rows
@@ -334,15 +335,17 @@ def main() -> int:
     first, last = min(s for s, _ in runs), max(s for s, _ in runs)
     late_s = args.late_ms / 1000
     late = sum(1 for s, t in runs if t - s > late_s)
-    print(f"{args.contender}, {args.jobs:,} jobs on {args.db}: p50 {result['late']['p50']:.2f} p99 {result['late']['p99']:.2f} ms; "
+    late_ms = result["late"]
+    print(f"{args.contender}, {args.jobs:,} jobs on {args.db}: p50 {late_ms['p50']:.2f} p99 {late_ms['p99']:.2f} ms; "
           f"{late:,} of {len(runs):,} runs ({100 * late / len(runs):.2f} %) started more than {args.late_ms:g} ms late")
     print(common.table(["activity", "count", "busy %", "overlaps late %", "overlaps any %", "mean ms"],
                        overlap_table(runs, spans, late_s)))
-    print(common.table(["runs", "stage", "count", "mean ms", "p50 ms", "p99 ms"], stage_table(staged, submitted, late_s)))
+    print(common.table(["runs", "stage", "count", "mean ms", "p50 ms", "p99 ms"],
+                       stage_table(staged, submitted, late_s)))
     window = [1000 * (end - start) for start, end in ITERATIONS if first <= start <= last]
     if window:
         print(f"scheduler loop: {len(window):,} rounds in the window, mean / p50 / p99 "
-              f"{' / '.join(_mean_quantiles(window, (0.5, 0.99)))} ms each")
+              f"{' / '.join(_mean_quantiles(window, (50, 99)))} ms each")
     print(common.table(["thread", "cpu s", "waiting for a cpu s", "time slices", "mean wait us"], schedstat_table()))
     if waking:
         print(common.table(["woken", "wakes", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "> 0.5 ms",

@@ -133,27 +133,27 @@ class Console:
     def list_jobs(self) -> list[JobView]:
         """Every job, broken ones included, ordered by id."""
         engine = self.engine
+        running = engine.running_counts()
         if engine.executing:
             with engine.scheduler._jobstores_lock:
                 jobs = list(engine.jobstore._jobs_index.values())
-            running = engine.running_counts()
             views = [self._view_of_job(job, running) for job, _ in jobs]
             seen = {v.id for v in views}
             rows = [r for r in engine.store.load_jobs() if r.id not in seen] if engine.broken else []
             views.extend(self._view_of_row(r, running) for r in rows)
         else:
-            running = engine.running_counts()
             views = [self._view_of_row(r, running) for r in engine.store.load_jobs()]
         views.sort(key=lambda v: v.id)
         return views
 
     def get_job(self, job_id: str) -> JobView:
         engine = self.engine
+        running = engine.running_counts()
         if engine.executing:
             job = engine.jobstore.lookup_job(job_id)
             if job is not None:
-                return self._view_of_job(job)
-        return self._view_of_row(engine.store.get_job_row(job_id))
+                return self._view_of_job(job, running)
+        return self._view_of_row(engine.store.get_job_row(job_id), running)
 
     def get_spec(self, job_id: str) -> JobSpec:
         view = self.get_job(job_id)
@@ -286,9 +286,9 @@ class Console:
         row = self.engine.last_runs.get(job_id)
         return RunView.from_row(row) if row else None
 
-    def _view_of_job(self, job: Any, running_counts: dict[str, int] | None = None) -> JobView:
+    def _view_of_job(self, job: Any, running_counts: dict[str, int]) -> JobView:
         spec: JobSpec = job.args[0]
-        running = (self.engine.running_counts() if running_counts is None else running_counts).get(job.id, 0)
+        running = running_counts.get(job.id, 0)
         last = self.engine.last_runs.get(job.id)
         key = (spec, job.next_run_time, running, id(last))
         cached = self._views.get(job.id)
@@ -315,7 +315,7 @@ class Console:
         self._specs[row.id] = (row.seq, row.spec, spec)
         return spec
 
-    def _view_of_row(self, row: JobRow, running_counts: dict[str, int] | None = None) -> JobView:
+    def _view_of_row(self, row: JobRow, running_counts: dict[str, int]) -> JobView:
         spec = self._spec_of_row(row)
         broken = row.broken or self.engine.broken.get(row.id)
         state: JobState = "broken" if broken else ("paused" if row.paused else "scheduled")
@@ -323,6 +323,6 @@ class Console:
             id=row.id, name=spec.display_name if spec else row.id, kind=spec.kind if spec else "?", spec=spec,
             trigger_text=describe_trigger(spec.trigger, spec.timezone or self.timezone) if spec else "",
             next_run_time=from_epoch(row.next_run_time) if not broken else None, state=state, broken=broken,
-            running=(self.engine.running_counts() if running_counts is None else running_counts).get(row.id, 0),
+            running=running_counts.get(row.id, 0),
             last_run=self._last_run(row.id), source=row.source,
         )

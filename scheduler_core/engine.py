@@ -567,11 +567,9 @@ class Engine:
         once per listing, not once per job."""
         return self.executor.running_instances()
 
-    def running_count(self, job_id: str | None = None) -> int:
-        instances = self.running_counts()
-        if job_id is not None:
-            return instances.get(job_id, 0)
-        return sum(instances.values())
+    def running_count(self) -> int:
+        """Runs going on, all jobs together."""
+        return sum(self.running_counts().values())
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Make everything so far durable: next run times and history."""

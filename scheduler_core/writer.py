@@ -4,8 +4,8 @@ The history writer and the jobstore's write-behind each turn a batch into SQL an
 PyMySQL does that in Python (~12 µs per history row), and on every driver part of it holds the GIL: a run due while a
 batch of 100 is being written waited for it (up to 1-2 ms, the lateness p99 at 10,000 jobs). A `ProcessWriter`
 sends the batch, marshalled (plain data only), to a child process with its own `Store` and connection, and waits
-for the answer on a pipe with the GIL released. `LocalWriter` does the same calls in the calling thread (the fallback, and
-`writer_process = false`).
+for the answer on a pipe with the GIL released. `LocalWriter` does the same calls in the calling thread (the
+fallback, and `writer_process = false`).
 
 The child ignores SIGINT and SIGTERM: Ctrl-C in a terminal and `systemctl stop` signal the whole process group,
 and the parent must still be able to write what it holds before it exits. It exits when its pipe closes, which
@@ -158,11 +158,16 @@ class ProcessWriter:
             if self._local is not None:
                 return getattr(self._local, method)(*args)
             try:
-                if self._proc is None:
-                    self._start()
-                assert self._to_child is not None and self._from_child is not None
-                self._to_child.send_bytes(_encode([method, args, self._unanswered]))
-                ok, value = _decode(self._reply(method, args))
+                while True:
+                    if self._proc is None:
+                        self._start()
+                    assert self._to_child is not None
+                    self._to_child.send_bytes(_encode([method, args, self._unanswered]))
+                    reply = self._reply()
+                    if reply is not None:
+                        break
+                    # Its starved child was killed: again, to one at its niceness only (at most once).
+                ok, value = _decode(reply)
             except (OSError, EOFError) as exc:
                 # The child may have committed before it died: the caller's retry is sent marked, so the history
                 # rows it wrote are not taken for second runs.
@@ -212,10 +217,9 @@ class ProcessWriter:
         # The URL goes down the pipe, not on the command line, where `ps` would show its password.
         self._to_child.send_bytes(_encode(self.store.url))
 
-    def _reply(self, method: str, args: tuple[Any, ...]) -> bytes:
-        """The child's answer. A background child seen starved of a CPU is killed, and the call sent again to one
-        started at its niceness only: resent, a history row the starved child may have committed is not taken
-        for a second run of the same job."""
+    def _reply(self) -> bytes | None:
+        """The child's answer; None if it was a background child seen starved of a CPU, which is then killed and
+        its call marked as possibly written (the history rows it may have committed are not second runs)."""
         assert self._from_child is not None
         if not self.background:
             return self._from_child.recv_bytes()
@@ -234,12 +238,10 @@ class ProcessWriter:
                 log.warning("database writer process %s waited %.1f s for a CPU during one write: restarted at "
                             "niceness %+d instead of the idle class", self.name, starved, self.niceness)
                 self.background = False
-                self._proc.kill()  # its transaction, if not committed, rolls back: the new child writes it
+                self._unanswered = True
+                self._proc.kill()  # its transaction, if not committed, rolls back: the next child writes it
                 self._stop()
-                self._start()
-                assert self._to_child is not None and self._from_child is not None
-                self._to_child.send_bytes(_encode([method, args, True]))
-                return self._from_child.recv_bytes()
+                return None
         return self._from_child.recv_bytes()
 
     def _stop(self) -> str | None:
