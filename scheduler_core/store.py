@@ -34,7 +34,8 @@ jobs_table = sa.Table(
     metadata,
     sa.Column("id", sa.String(191), primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("next_run_time", sa.Double, nullable=True, index=True),
+    # Not indexed: every fire rewrites it and no query selects by it (migrations/versions/0004).
+    sa.Column("next_run_time", sa.Double, nullable=True),
     # The latest scheduled run the executor may start (see migrations/versions/0003).
     sa.Column("claimed_until", sa.Double, nullable=True),
     sa.Column("paused", sa.Boolean, nullable=False, default=False),
