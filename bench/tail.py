@@ -111,6 +111,39 @@ def set_writer_classes(history_class: str, jobstore_class: str, jobstore_nicenes
             f"{child_slice_us * 1000}, 0, 0)), 0); "))
 
 
+def set_flush_intervals(history: float | None, jobstore: float | None) -> None:
+    """Experiments on the writers' batch intervals (what is committed: the defaults of HistoryRecorder and
+    SpecJobStore): longer ones send fewer, larger batches to the child and the database server."""
+    from scheduler_core.history import HistoryRecorder
+    from scheduler_core.jobstore import SpecJobStore
+
+    for cls, interval in ((HistoryRecorder, history), (SpecJobStore, jobstore)):
+        if interval is None:
+            continue
+
+        def init(self: Any, *args: Any, _init: Callable[..., None] = cls.__init__, _interval: float = interval,
+                 **kwargs: Any) -> None:
+            _init(self, *args, **kwargs)
+            self.flush_interval = _interval
+
+        cls.__init__ = init  # type: ignore[method-assign]
+
+
+def put_back_jobs_index() -> None:
+    """A/B for migration 0004: the jobs table's index on next_run_time, created again after migrating."""
+    from scheduler_core.store import Store
+
+    migrate = Store.migrate
+
+    def migrate_then_index(self: Any) -> None:
+        migrate(self)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_carnation_jobs_next_run_time "
+                                 "ON carnation_jobs (next_run_time)")
+
+    Store.migrate = migrate_then_index  # type: ignore[method-assign]
+
+
 def record_loop() -> dict[tuple[str, float], float]:
     """(job id, scheduled epoch) -> when the scheduler loop handed the run to the executor; and the loop's rounds."""
     from apscheduler.executors.base import BaseExecutor
@@ -305,10 +338,19 @@ def main() -> int:
                         help="the jobstore child in the idle class, or at normal priority (as committed)")
     parser.add_argument("--jobstore-niceness", type=int, default=None)
     parser.add_argument("--child-slice-us", type=int, default=0, help="an EEVDF custom slice for both children")
+    parser.add_argument("--history-flush", type=float, default=None, metavar="SECONDS",
+                        help="the history writer's batch interval (committed: 0.1)")
+    parser.add_argument("--jobstore-flush", type=float, default=None, metavar="SECONDS",
+                        help="the jobstore writer's batch interval (committed: 0.2)")
+    parser.add_argument("--jobs-index", action="store_true",
+                        help="the index on carnation_jobs.next_run_time that migration 0004 dropped, put back")
     args = parser.parse_args()
     print(common.header("tail"))
     spans = record_spans()
     set_writer_classes(args.history_class, args.jobstore_class, args.jobstore_niceness, args.child_slice_us)
+    set_flush_intervals(args.history_flush, args.jobstore_flush)
+    if args.jobs_index:
+        put_back_jobs_index()
     submitted = record_loop()
     stop_sampling = threading.Event()
     threading.Thread(target=sample_threads, args=(stop_sampling,), daemon=True).start()
