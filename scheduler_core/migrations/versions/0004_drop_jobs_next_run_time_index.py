@@ -2,7 +2,7 @@
 
 No query reads through it (the scheduler decides what is due in memory; the console reads jobs by id or all of
 them), yet every fire rewrites next_run_time, so the index was updated about a thousand times a second at 10,000
-jobs every 10 s: 30-40 % of the database server's CPU for the jobstore's batch UPDATE on PostgreSQL and MariaDB,
+jobs every 10 s: 27-45 % of the database server's CPU for the jobstore's batch UPDATE on PostgreSQL and MariaDB,
 and of the writer's own on SQLite (bench/README.md, F22). On PostgreSQL its absence also lets those updates be HOT.
 
 Revision ID: 0004
