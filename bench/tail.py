@@ -130,18 +130,19 @@ def set_flush_intervals(history: float | None, jobstore: float | None) -> None:
 
 
 def put_back_jobs_index() -> None:
-    """A/B for migration 0004: the jobs table's index on next_run_time, created again after migrating."""
+    """A/B for migration 0004: the schema before it (its own downgrade puts the next_run_time index back)."""
+    from alembic import command
+
+    from scheduler_core.migrations import alembic_config
     from scheduler_core.store import Store
 
     migrate = Store.migrate
 
-    def migrate_then_index(self: Any) -> None:
+    def migrate_then_step_back(self: Any) -> None:
         migrate(self)
-        with self.engine.begin() as conn:
-            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_carnation_jobs_next_run_time "
-                                 "ON carnation_jobs (next_run_time)")
+        command.downgrade(alembic_config(self.engine), "0003")
 
-    Store.migrate = migrate_then_index  # type: ignore[method-assign]
+    Store.migrate = migrate_then_step_back  # type: ignore[method-assign]
 
 
 def record_loop() -> dict[tuple[str, float], float]:
