@@ -124,7 +124,7 @@ def main() -> int:
                     res = run_child("bench.add_jobs", dict(params, url=url), 600 + n * 0.2, args.verbose)
                 per_db[contender] = res
                 print(f"  {db:<10} {contender:<16} {_line(res)}", flush=True)
-            car, bare = per_db["carnation"], per_db["bare-sqlalchemy"]
+            bare = per_db["bare-sqlalchemy"]
             for name, res in per_db.items():
                 rows.append([db, name, res.get("add_per_s"), res.get("update_per_s"),
                              fmt(ratio(res.get("add_per_s"), bare.get("add_per_s")), 2),

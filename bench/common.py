@@ -310,8 +310,6 @@ def carnation_specs(ids: Sequence[str], starts: Sequence[datetime] | None, trigg
 
 def insert_carnation_rows(url: str, rows: Iterable[tuple[str, str, float | None]], chunk: int = 5000) -> int:
     """Migrate, then bulk-insert (id, spec JSON, next run epoch) rows into carnation_jobs. Returns the count."""
-    import sqlalchemy as sa
-
     from scheduler_core.store import Store, jobs_table, meta_table
 
     store = Store(url)
@@ -418,6 +416,23 @@ def rss_mb() -> float:
         except OSError:
             continue
     return total / 1024
+
+
+def cpu_steal() -> tuple[int, int]:
+    """(ticks stolen from this VM by its host, all ticks) so far, over every CPU, from /proc/stat; (0, 0) where
+    the kernel does not say. A window in which the host took a few per cent of the CPUs has a lateness tail made
+    by the host, on either contender: the per cent says how far to trust that window's ratio."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks[:8])
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    total = after[1] - before[1]
+    return 100 * (after[0] - before[0]) / total if total > 0 else None
 
 
 def cpu_seconds() -> float:

@@ -17,7 +17,6 @@ import argparse
 import gc
 import sys
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 

@@ -47,6 +47,7 @@ from bench.common import (
     common_args,
     cpu_by_thread,
     cpu_seconds,
+    cpu_steal,
     database,
     fmt,
     hard_exit_after,
@@ -57,6 +58,7 @@ from bench.common import (
     parse_list,
     ratio,
     rss_mb,
+    steal_pct,
     run_child,
     sleep_until,
     staggered_starts,
@@ -141,9 +143,9 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
     sampler = ThreadSampler() if p.get("profile") else None
     if sampler:
         sampler.start()
-    cpu0, threads0 = cpu_seconds(), thread_cpu()
+    cpu0, threads0, steal0 = cpu_seconds(), thread_cpu(), cpu_steal()
     sleep_until(w1)
-    cpu1, threads1 = cpu_seconds(), thread_cpu()
+    cpu1, threads1, steal1 = cpu_seconds(), thread_cpu(), cpu_steal()
     rss = rss_mb()
     if sampler:
         sampler.stop()
@@ -180,11 +182,11 @@ def child(p: dict[str, Any]) -> dict[str, Any]:
         "errors": errors, "not_run": expected - len(executed) - missed - errors, "run_twice": duplicates,
         "late": summary_ms(r[1] - r[0] for r in executed),
         "cpu_pct": 100 * (cpu1 - cpu0) / (w1 - w0), "cpu_by_thread": cpu_by_thread(threads0, threads1, w1 - w0),
-        "rss_mb": rss, "setup_s": ready - t_setup,
+        "rss_mb": rss, "setup_s": ready - t_setup, "steal_pct": steal_pct(steal0, steal1),
         "window_delayed_s": max(0.0, w0 - t0), **extra,
     }
     if p.get("keep_records"):  # bench.tail, in this process: (scheduled, started, event code, job id) of each run
-        result["records"] = records
+        result["records"], result["window"] = records, (w0, w1)
     # Stopping a lagging scheduler joins its loop thread, which can take long: the result is already out.
     hard_exit_after(20)
     if engine is not None:
@@ -259,7 +261,7 @@ def _line(res: dict[str, Any]) -> str:
     late = res["late"]
     text = (f"p50 {fmt(late['p50'], 2)}  p90 {fmt(late.get('p90'), 2)}  p99 {fmt(late['p99'], 2)}  max {fmt(late['max'], 1)} ms  "
             f"ran {res['executed']:,}/{res['expected']:,}  missed {res['missed']:,}  not run {res['not_run']:,}  "
-            f"cpu {res['cpu_pct']:.0f}%  setup {res['setup_s']:.1f} s")
+            f"cpu {res['cpu_pct']:.0f}%  host steal {fmt(res.get('steal_pct'), 1)}%  setup {res['setup_s']:.1f} s")
     if res.get("cpu_by_thread"):
         text += "\n      cpu % by thread: " + ", ".join(f"{k} {v:g}" for k, v in res["cpu_by_thread"].items())
     if res.get("run_twice"):
@@ -311,6 +313,7 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                     fmt(_median(rs, "late", "max"), 1),
                     f"{_count(_median(rs, 'executed'))}/{_count(_median(rs, 'expected'))}",
                     _count(_median(rs, "missed")), _count(_median(rs, "not_run")), fmt(_median(rs, "cpu_pct"), 0),
+                    fmt(_max(rs, "steal_pct"), 1),
                     fmt(ratio(p99[c], p99.get("bare-memory")), 2) if c != "bare-memory" else "1.00",
                 ])
             if n >= 1000 and "carnation" in contenders:
@@ -335,8 +338,20 @@ def _report(results: dict[tuple[int, str, str], list[dict[str, Any]]], sizes: li
                     notes.append(f"carnation ran {_count(_median(car, 'executed'))} of {_count(exp)}")
                 verdicts.append(verdict(ok, f"{n:,} jobs on {db}: " + "; ".join(notes)))
     out = table(["jobs", "db", "contender", "p50 ms", "p90 ms", "p99 ms", "p99 range", "max ms", "ran/expected",
-                 "missed", "not run", "cpu %", "p99/mem"], rows)
+                 "missed", "not run", "cpu %", "steal % max", "p99/mem"], rows)
+    stolen = [r.get("steal_pct") or 0.0 for rs in results.values() for r in rs if "error" not in r]
+    if stolen and max(stolen) >= NOISY_STEAL_PCT:
+        verdicts.append(f"NOTE: the host took up to {max(stolen):.1f} % of the CPUs in a window (steal): the tail "
+                        f"there is the host's as much as the scheduler's; compare runs with little steal")
     return out + "\n\n" + "\n".join(verdicts)
+
+
+NOISY_STEAL_PCT = 1.0
+
+
+def _max(results: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in results if r.get(key) is not None]
+    return max(values) if values else None
 
 
 if __name__ == "__main__":
