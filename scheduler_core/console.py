@@ -322,7 +322,18 @@ class Console:
         return JobView(
             id=row.id, name=spec.display_name if spec else row.id, kind=spec.kind if spec else "?", spec=spec,
             trigger_text=describe_trigger(spec.trigger, spec.timezone or self.timezone) if spec else "",
-            next_run_time=from_epoch(row.next_run_time) if not broken else None, state=state, broken=broken,
+            next_run_time=self._next_run_of_row(row, spec) if not broken else None, state=state, broken=broken,
             running=running_counts.get(row.id, 0),
             last_run=self._last_run(row.id), source=row.source,
         )
+
+    def _next_run_of_row(self, row: JobRow, spec: JobSpec | None) -> datetime | None:
+        """The stored next run time, or, where it has passed but the executor's claim still covers it (a frequent
+        job claimed ahead writes its row once per claim, jobstore.py), the trigger's next fire from now. A passed
+        time that no claim covers is shown as it is: nothing has been firing that job."""
+        now = time.time()
+        if (spec is None or row.paused or row.next_run_time is None or row.next_run_time >= now
+                or row.claimed_until is None or row.claimed_until < now):
+            return from_epoch(row.next_run_time)
+        upcoming = build_trigger(spec, self.timezone).get_next_fire_time(None, from_epoch(now))
+        return from_epoch(row.next_run_time) if upcoming is None else from_epoch(upcoming.timestamp())

@@ -403,14 +403,15 @@ class Store:
 
     def write_next_run_times(
         self,
-        changes: Sequence[tuple[str, float | None]],
+        changes: Sequence[tuple[str, float | None, float | None]],
         deletes: Iterable[str] = (),
         claims: Sequence[tuple[str, float]] = (),
         via: KeptConnection | None = None,
     ) -> None:
-        """Write-behind of what the scheduler loop decided: next run times, which also claim those runs, and
-        finished jobs. `claims` claim runs without moving the next run time (a job loaded with an unclaimed one).
-        No seq bump: these are the executor's own bookkeeping, not edits other processes must react to."""
+        """Write-behind of what the scheduler loop decided: (id, next run time, claimed until) of moved jobs, the
+        claim covering that run and possibly later ones (None: the claim stays as it is), and finished jobs.
+        `claims` claim runs without moving the next run time (a job loaded with an unclaimed one). No seq bump:
+        these are the executor's own bookkeeping, not edits other processes must react to."""
         deletes = list(deletes)
         if not changes and not deletes and not claims:
             return
@@ -421,12 +422,12 @@ class Store:
             elif changes and self.dialect == "postgresql":
                 # One statement over two arrays: psycopg's pipelined executemany still has the server plan and run
                 # one UPDATE per row (200 rows: 4.1 -> 1.2 ms of the writer's CPU, 4.3 -> 2.4 ms of the server's).
-                conn.exec_driver_sql(self._write_next_run_times_sql,
-                                     ([job_id for job_id, _ in changes], [at for _, at in changes]))
+                conn.exec_driver_sql(self._write_next_run_times_sql, tuple(map(list, zip(*changes))))
             elif changes:
                 # The driver's executemany (as for history rows): Core's per-row parameter processing held the GIL
                 # ~4 ms per batch at 10,000 jobs, and a run due meanwhile waited for it.
-                conn.exec_driver_sql(self._write_next_run_times_sql, [(at, at, job_id) for job_id, at in changes])
+                conn.exec_driver_sql(self._write_next_run_times_sql,
+                                     [(at, claim, job_id) for job_id, at, claim in changes])
             if claims:
                 conn.execute(
                     jobs_table.update()
@@ -473,8 +474,9 @@ class Store:
         table = quote(jobs_table.name)
         if self.dialect == "postgresql":
             return (f"UPDATE {table} SET {nrt} = CASE WHEN {table}.{paused} THEN {table}.{nrt} ELSE v.at END, "
-                    f"{claimed} = COALESCE(v.at, {table}.{claimed}) "
-                    f"FROM unnest(%s::text[], %s::float8[]) AS v(id, at) WHERE {table}.{id_} = v.id")
+                    f"{claimed} = COALESCE(v.claim, {table}.{claimed}) "
+                    f"FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS v(id, at, claim) "
+                    f"WHERE {table}.{id_} = v.id")
         p = self._placeholder
         return (f"UPDATE {table} SET {nrt} = CASE WHEN {paused} THEN {nrt} ELSE {p} END, "
                 f"{claimed} = COALESCE({p}, {claimed}) WHERE {id_} = {p}")
@@ -485,7 +487,8 @@ class Store:
 
     CASE_CHUNK = 100
 
-    def _write_next_run_times_by_case(self, conn: sa.Connection, changes: Sequence[tuple[str, float | None]]) -> None:
+    def _write_next_run_times_by_case(self, conn: sa.Connection,
+                                      changes: Sequence[tuple[str, float | None, float | None]]) -> None:
         """MariaDB/MySQL: pymysql sends an executemany UPDATE as one round trip per row (355 µs wall each here), so
         CASE_CHUNK rows go in one UPDATE ... CASE id WHEN ... instead. Every statement has exactly CASE_CHUNK pairs
         (the last one repeated): one SQL shape, compiled once, however big the batch."""
@@ -495,18 +498,21 @@ class Store:
             ids = [sa.bindparam(f"i{i}", type_=cols.id.type) for i in range(chunk_size)]
             new = sa.case(*[(ids[i], sa.bindparam(f"n{i}", type_=sa.Double)) for i in range(chunk_size)],
                           value=cols.id)
+            claim = sa.case(*[(ids[i], sa.bindparam(f"c{i}", type_=sa.Double)) for i in range(chunk_size)],
+                            value=cols.id)
             self._case_update = (
                 jobs_table.update().where(cols.id.in_(ids))
                 .values(next_run_time=sa.case((cols.paused == sa.true(), cols.next_run_time), else_=new),
-                        claimed_until=sa.func.coalesce(new, cols.claimed_until))
+                        claimed_until=sa.func.coalesce(claim, cols.claimed_until))
             )
         for start in range(0, len(changes), chunk_size):
             chunk = list(changes[start:start + chunk_size])
             chunk += [chunk[-1]] * (chunk_size - len(chunk))
             params: dict[str, Any] = {}
-            for i, (job_id, at) in enumerate(chunk):
+            for i, (job_id, at, claimed_until) in enumerate(chunk):
                 params[f"i{i}"] = job_id
                 params[f"n{i}"] = at
+                params[f"c{i}"] = claimed_until
             conn.execute(self._case_update, params)
 
     def request_run(self, job_id: str, requested_by: str) -> None:

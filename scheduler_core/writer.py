@@ -37,7 +37,7 @@ class Writer(Protocol):
 
     def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]: ...
 
-    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None, float | None]], deletes: Sequence[str] = (),
                              claims: Sequence[tuple[str, float]] = ()) -> None: ...
 
     def close(self) -> None: ...
@@ -64,7 +64,7 @@ class LocalWriter:
     def insert_runs(self, rows: Sequence[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
         return self.store.insert_runs(rows, via=self._connection)
 
-    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None, float | None]], deletes: Sequence[str] = (),
                              claims: Sequence[tuple[str, float]] = ()) -> None:
         self.store.write_next_run_times(changes, deletes, claims, via=self._connection)
 
@@ -149,7 +149,7 @@ class ProcessWriter:
         written, duplicates = self._call("insert_runs", rows)
         return written, duplicates
 
-    def write_next_run_times(self, changes: Sequence[tuple[str, float | None]], deletes: Sequence[str] = (),
+    def write_next_run_times(self, changes: Sequence[tuple[str, float | None, float | None]], deletes: Sequence[str] = (),
                              claims: Sequence[tuple[str, float]] = ()) -> None:
         self._call("write_next_run_times", changes, list(deletes), claims)
 

@@ -3,6 +3,7 @@ makes of them: on SQLite, MariaDB and PostgreSQL."""
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,14 +39,41 @@ def runs(engine: Engine, job_id: str) -> dict[float, str]:
     return {round(at, 3): outcome for at, outcome in rows}
 
 
-def test_next_run_time_is_claimed_when_written(console: Console, engine: Engine) -> None:
+@pytest.mark.parametrize("trigger", [{"seconds": 1, "jitter": 1}, {"seconds": 45}],
+                         ids=["jitter", "interval-beyond-half-the-horizon"])
+def test_next_run_time_is_claimed_when_written(console: Console, engine: Engine, trigger: dict) -> None:
+    """Fire times that cannot be known ahead (jitter), or a job firing at most twice within the horizon: the claim
+    is exactly the next run."""
+    start = datetime.now(timezone.utc) + timedelta(seconds=0.2)
     console.add_job({"id": "t", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
-                     "seconds": 1})
+                     "start_date": start.isoformat(), **trigger})
     wait_for(lambda: "success" in runs(engine, "t").values(), message="a run")
     engine.flush()
     row = job_row(engine, "t")
     assert row.claimed_until == row.next_run_time
     assert row.claimed_until > max(runs(engine, "t"))
+
+
+def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_claim_covers_them(
+        console: Console, engine: Engine) -> None:
+    console.add_job({"id": "f", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                     "seconds": 1})
+    wait_for(lambda: "success" in runs(engine, "f").values(), message="a run")
+    engine.flush()
+    first = job_row(engine, "f")
+    horizon = engine.jobstore.CLAIM_AHEAD
+    # Claimed to its last fire within the horizon, one of its own fire times (a takeover records it exactly).
+    assert first.claimed_until == pytest.approx(first.next_run_time + horizon, abs=1e-3)
+    wait_for(lambda: len(runs(engine, "f")) >= 3, message="more runs")
+    engine.flush()
+    later = job_row(engine, "f")
+    assert later.next_run_time == first.next_run_time  # the fires since wrote nothing
+    assert later.claimed_until == first.claimed_until
+    assert max(runs(engine, "f")) <= later.claimed_until
+    # Another process (not executing) shows when it really fires next, not the stored time that has passed.
+    view = Console(engine)._view_of_row(later, {})
+    assert view.next_run_time is not None and view.next_run_time.timestamp() > time.time()
+    assert view.next_run_time.timestamp() <= time.time() + 1.001
 
 
 # (previous holder's heartbeat, seconds ago or None for a clean release) -> was the claimed run possibly started?
@@ -80,6 +108,41 @@ def test_takeover_never_reruns_a_claimed_run_the_dead_executor_may_have_started(
         else:
             # It cannot have started: it runs now, late but within the 30 s grace.
             wait_for(lambda: runs(second, "j").get(round(due, 3)) == "success", message="the claimed run")
+    finally:
+        second.stop()
+
+
+def test_takeover_after_a_claim_ahead_never_reruns_what_the_dead_executor_may_have_started(
+        make_settings, db_url: str) -> None:
+    """The dead executor claimed a frequent job a minute ahead and its stored next run time lagged (its fires
+    wrote nothing): the successor continues from the history, records every fire the dead one may have started
+    (up to when it stopped starting runs) as abandoned, reruns none of them, and runs the fires after."""
+    settings = make_settings(db_url, lease_seconds=8)
+    grid = float(math.floor(time.time()) - 100)  # fires on whole seconds
+    first = Engine(settings)
+    first.start()
+    Console(first).add_job({"id": "f", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
+                            "seconds": 1, "start_date": datetime.fromtimestamp(grid, timezone.utc).isoformat()})
+    first.stop()
+    now = time.time()
+    last_run = math.floor(now) - 12.0
+    started_by = now - 10 + 0.75 * 8  # its heartbeat 10 s ago, lease 8 s
+    with first.store.engine.begin() as conn:
+        conn.execute(jobs_table.update().values(next_run_time=last_run - 20, claimed_until=last_run + 60))
+        conn.execute(runs_table.insert().values(run_row("f", last_run, "success")))
+        conn.execute(leader_table.insert().values(name=LEASE_NAME, holder="dead", host="elsewhere", pid=1,
+                                                  acquired_at=now - 100, heartbeat_at=now - 10))
+    first.store.close()
+    second = Engine(settings)
+    second.start()
+    try:
+        assert second.executing
+        maybe_started = {float(at) for at in range(int(last_run) + 1, math.floor(started_by) + 1)}
+        wait_for(lambda: any(at > started_by and outcome == "success" for at, outcome in runs(second, "f").items()),
+                 message="a run after the dead executor's")
+        recorded = runs(second, "f")
+        assert {at for at, outcome in recorded.items() if outcome == "abandoned"} == maybe_started
+        assert all(at > started_by for at, outcome in recorded.items() if outcome == "success" and at != last_run)
     finally:
         second.stop()
 

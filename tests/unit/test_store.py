@@ -160,24 +160,25 @@ def test_concurrent_edits_each_get_their_own_seq(store: Store) -> None:
 
 def test_next_run_times_claim_their_runs_and_spare_paused_jobs(store: Store) -> None:
     """The write-behind in every batch size (MariaDB sends fixed-size CASE updates, padded): each row gets its next
-    run time and the same claim; a paused row keeps NULL but its claim is written; None keeps the old claim."""
+    run time and its own claim (one claiming runs ahead further); a paused row keeps NULL but its claim is written;
+    None keeps the old claim."""
     count = store.CASE_CHUNK * 2 + 37
     for i in range(count):
         store.insert_job(f"j{i:03d}", "{}", None, paused=(i == 5))
-    store.write_next_run_times([(f"j{i:03d}", 1000.0 + i) for i in range(count)])
-    store.write_next_run_times([("j007", None), ("j008", 5000.0)])
-    store.write_next_run_times([("j009", None)])  # no value to tell an array's type by (PostgreSQL)
+    store.write_next_run_times([(f"j{i:03d}", 1000.0 + i, 1000.0 + i + (i % 3)) for i in range(count)])
+    store.write_next_run_times([("j007", None, None), ("j008", 5000.0, 5600.0)])
+    store.write_next_run_times([("j009", None, None)])  # no value to tell an array's type by (PostgreSQL)
     rows = {row.id: row for row in store.load_jobs()}
     assert len(rows) == count
     for i in range(count):
         row = rows[f"j{i:03d}"]
         expected = {5: None, 7: None, 8: 5000.0, 9: None}.get(i, 1000.0 + i)
         assert row.next_run_time == expected, row
-        assert row.claimed_until == (5000.0 if i == 8 else 1000.0 + i), row
+        assert row.claimed_until == (5600.0 if i == 8 else 1000.0 + i + (i % 3)), row
     # claims alone only ever move forward
     store.write_next_run_times([], claims=[("j010", 900.0), ("j011", 2000.0)])
     rows = {row.id: row for row in store.load_jobs()}
-    assert rows["j010"].claimed_until == 1010.0 and rows["j011"].claimed_until == 2000.0
+    assert rows["j010"].claimed_until == 1011.0 and rows["j011"].claimed_until == 2000.0
     # finished one-off jobs go, many at once, the others stay
     gone = [f"j{i:03d}" for i in range(0, count, 2)]
     store.write_next_run_times([], deletes=gone + ["never-existed"])

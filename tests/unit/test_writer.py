@@ -57,7 +57,7 @@ def test_a_child_process_writes_history_and_next_run_times(store: Store, writer:
     written, duplicates = writer.insert_runs([run_row("w", 1000.0, "success")])
     assert written == 0 and [(d["job_id"], d["scheduled_at"]) for d in duplicates] == [("w", 1000.0)]
     store.insert_job("j", "{}", None, paused=False)
-    writer.write_next_run_times([("j", 2000.0)])
+    writer.write_next_run_times([("j", 2000.0, 2000.0)])
     assert store.load_jobs()[0].next_run_time == 2000.0 and store.load_jobs()[0].claimed_until == 2000.0
     writer.write_next_run_times([], deletes=["j"])
     assert store.load_jobs() == []
@@ -85,7 +85,7 @@ def test_a_database_error_in_the_child_reaches_the_caller(store: Store, writer: 
     with pytest.raises(sa.exc.DBAPIError, match="carnation_runs"):
         writer.insert_runs([run_row("w", 1000.0, "success")])
     store.insert_job("j", "{}", None, paused=False)
-    writer.write_next_run_times([("j", 2000.0)])  # the child goes on after an error
+    writer.write_next_run_times([("j", 2000.0, 2000.0)])  # the child goes on after an error
     assert store.load_jobs()[0].next_run_time == 2000.0
 
 
