@@ -365,6 +365,8 @@ def main() -> int:
                         help="the jobstore writer's batch interval (committed: 0.2)")
     parser.add_argument("--jobs-index", action="store_true",
                         help="the index on carnation_jobs.next_run_time that migration 0004 dropped, put back")
+    parser.add_argument("--claim-ahead", type=float, default=None, metavar="SECONDS",
+                        help="how far a frequent job is claimed (committed: 60; 0: one run at a time, as before)")
     parser.add_argument("--skip-writes", choices=("jobstore", "history", "both"), default=None,
                         help="upper bound: these writes not sent to the database at all")
     args = parser.parse_args()
@@ -375,6 +377,10 @@ def main() -> int:
     if args.jobs_index:
         put_back_jobs_index()
     skipped_rows = skip_writes(args.skip_writes) if args.skip_writes else []
+    if args.claim_ahead is not None:
+        from scheduler_core.jobstore import SpecJobStore
+
+        SpecJobStore.CLAIM_AHEAD = args.claim_ahead
     submitted = record_loop()
     stop_sampling = threading.Event()
     threading.Thread(target=sample_threads, args=(stop_sampling,), daemon=True).start()

@@ -4,16 +4,21 @@ makes of them: on SQLite, MariaDB and PostgreSQL."""
 from __future__ import annotations
 
 import math
+import random
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from apscheduler.triggers.interval import IntervalTrigger
 
 from scheduler_core.console import Console
 from scheduler_core.engine import Engine
 from scheduler_core.history import run_row
+from scheduler_core.jobstore import SpecJobStore
 from scheduler_core.store import LEASE_NAME, jobs_table, leader_table, runs_table
 from scheduler_core.writer import LocalWriter, ProcessWriter
 from tests.conftest import wait_for
@@ -76,6 +81,36 @@ def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_c
     assert view.next_run_time.timestamp() <= time.time() + 1.001
 
 
+def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> None:
+    """The claim is computed, not walked: it must be the very float the loop's own chain of fires gives (a
+    takeover records it as a run), in every timezone, across DST, for intervals down to the microsecond, and it
+    stops at the trigger's end date."""
+    rng = random.Random(7)
+    zones = [timezone.utc, ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York"), ZoneInfo("Australia/Lord_Howe")]
+    jobstore = SpecJobStore(store=None)  # type: ignore[arg-type]  # claim_ahead reads only its jobs in memory
+    for case in range(400):
+        interval = rng.choice([timedelta(seconds=rng.randint(1, 30)), timedelta(milliseconds=rng.randint(1, 30_000)),
+                               timedelta(microseconds=rng.randint(1, 30_000_000))])
+        zone = rng.choice(zones)
+        start = datetime(2026, rng.randint(1, 12), rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59),
+                         rng.randint(0, 59), rng.randint(0, 999_999), tzinfo=zone)
+        end = start + timedelta(seconds=rng.uniform(1, 120)) if case % 4 == 0 else None
+        trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=start, end_date=end, timezone=zone)
+        jobstore._jobs_index["j"] = (SimpleNamespace(trigger=trigger), 0.0)  # type: ignore[assignment]
+        fire = trigger.get_next_fire_time(None, start)
+        walked = fire
+        for _ in range(jobstore.CLAIM_AHEAD_RUNS):
+            following = trigger.get_next_fire_time(walked, walked)
+            if following is None or following.timestamp() > fire.timestamp() + jobstore.CLAIM_AHEAD:
+                break
+            walked = following
+        expected = walked.timestamp() if interval.total_seconds() * 2 <= jobstore.CLAIM_AHEAD else fire.timestamp()
+        assert jobstore.claim_ahead("j", fire.timestamp()) == expected, (interval, zone, start, end)
+    jitter = IntervalTrigger(seconds=1, jitter=1, timezone=timezone.utc)
+    jobstore._jobs_index["j"] = (SimpleNamespace(trigger=jitter), 0.0)  # type: ignore[assignment]
+    assert jobstore.claim_ahead("j", 1000.0) == 1000.0  # its coming fire times are not known
+
+
 # (previous holder's heartbeat, seconds ago or None for a clean release) -> was the claimed run possibly started?
 @pytest.mark.parametrize(("heartbeat_ago", "maybe_started"), [(10, True), (30, False), (None, False)],
                          ids=["crashed-after-the-run-was-due", "crashed-before-it-was-due", "released"])
@@ -110,6 +145,20 @@ def test_takeover_never_reruns_a_claimed_run_the_dead_executor_may_have_started(
             wait_for(lambda: runs(second, "j").get(round(due, 3)) == "success", message="the claimed run")
     finally:
         second.stop()
+
+
+def test_a_job_added_again_under_the_same_id_waits_for_its_own_claim(console: Console, engine: Engine) -> None:
+    spec = {"id": "again", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval", "seconds": 1}
+    console.add_job(spec)
+    wait_for(lambda: "success" in runs(engine, "again").values(), message="a run")
+    engine.flush()
+    assert engine.jobstore.claimed["again"] > time.time() + 30  # claimed a minute ahead
+    console.remove_job("again")
+    assert "again" not in engine.jobstore.claimed  # the new row's runs are not covered by the old row's claim
+    console.add_job({**spec, "seconds": 2})
+    wait_for(lambda: len(runs(engine, "again")) >= 2, message="a run of the new job")
+    engine.flush()
+    assert job_row(engine, "again").claimed_until >= max(runs(engine, "again"))
 
 
 def test_takeover_after_a_claim_ahead_never_reruns_what_the_dead_executor_may_have_started(
