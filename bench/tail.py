@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import gc
+import os
 import re
 import subprocess
 import sys
@@ -366,7 +367,7 @@ def main() -> int:
     parser.add_argument("--jobs-index", action="store_true",
                         help="the index on carnation_jobs.next_run_time that migration 0004 dropped, put back")
     parser.add_argument("--claim-ahead", type=float, default=None, metavar="SECONDS",
-                        help="how far a frequent job is claimed (committed: 60; 0: one run at a time, as before)")
+                        help="the claim_ahead_seconds setting (default 60; 0: one run at a time, as before 642b89f)")
     parser.add_argument("--skip-writes", choices=("jobstore", "history", "both"), default=None,
                         help="upper bound: these writes not sent to the database at all")
     args = parser.parse_args()
@@ -377,16 +378,14 @@ def main() -> int:
     if args.jobs_index:
         put_back_jobs_index()
     skipped_rows = skip_writes(args.skip_writes) if args.skip_writes else []
-    if args.claim_ahead is not None:
-        from scheduler_core.jobstore import SpecJobStore
-
-        SpecJobStore.CLAIM_AHEAD = args.claim_ahead
     submitted = record_loop()
     stop_sampling = threading.Event()
     threading.Thread(target=sample_threads, args=(stop_sampling,), daemon=True).start()
     lateness.hard_exit_after = lambda *a, **k: None  # this process goes on after the engine stops
     with common.bench_tmp() as tmp:
         common.isolate_environment(tmp)
+        if args.claim_ahead is not None:
+            os.environ["CARNATION_CLAIM_AHEAD_SECONDS"] = str(args.claim_ahead)
         common.quiet_logging()
         with common.database(args.db, tmp, "tail") as url:
             lead = 2.0 + args.jobs * 0.0006

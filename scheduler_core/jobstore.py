@@ -9,10 +9,10 @@ Writing a next run time also claims that run (`claimed_until`, store.py): a run 
 durable. The claim is normally written about one interval ahead, so it costs the run nothing; a run due sooner than
 the writer's next batch waits for it (`wait_claimed`), a group commit shared by every run waiting then.
 
-A job firing more often than CLAIM_AHEAD (an interval trigger without jitter, whose coming fire times are exact)
-is claimed up to its last fire within CLAIM_AHEAD, and the fires that claim covers write nothing: at 10,000 jobs
+A job firing at least twice within `claim_ahead_seconds` (an interval trigger without jitter, whose coming fire
+times are exact) is claimed up to its last fire within them, and the fires that claim covers write nothing: at 10,000 jobs
 every 10 s that is 1,000 row updates a second fewer, the database work that made the late runs (bench/README.md,
-12-04 evening). Its stored next run time then lags by up to CLAIM_AHEAD: readers in other processes advance it
+12-04 evening). Its stored next run time then lags by up to that long: readers in other processes advance it
 while the claim covers it (console.py), and a process taking over continues from the history (engine.py).
 """
 
@@ -53,13 +53,13 @@ class SpecJob(Job):
 
 
 class SpecJobStore(MemoryJobStore):
-    CLAIM_AHEAD = 60.0  # seconds of a frequent job's fires claimed in one write
     CLAIM_AHEAD_RUNS = 600  # at most: a sub-second job's takeover walks its fires since the last recorded one
 
     def __init__(self, store: Store, flush_interval: float = 0.2,
-                 make_writer: Callable[[], Writer] | None = None) -> None:
+                 make_writer: Callable[[], Writer] | None = None, claim_ahead: float = 60.0) -> None:
         super().__init__()
         self.store = store
+        self.claim_ahead_seconds = claim_ahead  # seconds of a frequent job's fires claimed in one write
         self._make_writer = make_writer or (lambda: LocalWriter(store))
         self.flush_interval = flush_interval
         self._pending: dict[str, float | None | object] = {}  # id -> next run epoch, or _DELETE
@@ -127,7 +127,7 @@ class SpecJobStore(MemoryJobStore):
         self._signal_work()
 
     def claim_ahead(self, job_id: str, at: float) -> float:
-        """How far a write of next run time `at` claims: the job's last fire within CLAIM_AHEAD of it, or `at`.
+        """How far a write of next run time `at` claims: the job's last fire within claim_ahead_seconds, or `at`.
 
         Computed, not walked (a walk of 200 jobs x 6 fires per batch held the GIL for milliseconds, and runs due
         meanwhile waited): the loop finds each fire as the previous one's timestamp plus the interval, rounded to
@@ -136,10 +136,10 @@ class SpecJobStore(MemoryJobStore):
         entry = self._jobs_index.get(job_id)
         trigger = entry[0].trigger if entry is not None else None
         if (type(trigger) is not IntervalTrigger or trigger.jitter is not None
-                or trigger.interval_length * 2 > self.CLAIM_AHEAD):
+                or trigger.interval_length * 2 > self.claim_ahead_seconds):
             return at
         at_us, step_us = round(at * 1_000_000), round(trigger.interval_length * 1_000_000)
-        fires = min(int(self.CLAIM_AHEAD * 1_000_000) // step_us, self.CLAIM_AHEAD_RUNS)
+        fires = min(int(self.claim_ahead_seconds * 1_000_000) // step_us, self.CLAIM_AHEAD_RUNS)
         if trigger.end_date is not None:
             end_us = round(trigger.end_date.timestamp() * 1_000_000)
             fires = max(0, min(fires, (end_us - at_us) // step_us))

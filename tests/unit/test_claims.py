@@ -59,6 +59,20 @@ def test_next_run_time_is_claimed_when_written(console: Console, engine: Engine,
     assert row.claimed_until > max(runs(engine, "t"))
 
 
+def test_claim_ahead_seconds_0_claims_every_fire_on_its_own(make_settings, db_url: str) -> None:
+    engine = Engine(make_settings(db_url, claim_ahead_seconds=0))
+    engine.start()
+    try:
+        Console(engine).add_job({"id": "each", "func": "tests.sample_jobs:add", "args": [1, 2],
+                                 "trigger": "interval", "seconds": 1})
+        wait_for(lambda: len(runs(engine, "each")) >= 2, message="two runs")
+        engine.flush()
+        row = job_row(engine, "each")
+        assert row.claimed_until == row.next_run_time > max(runs(engine, "each"))
+    finally:
+        engine.stop()
+
+
 def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_claim_covers_them(
         console: Console, engine: Engine) -> None:
     console.add_job({"id": "f", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval",
@@ -66,7 +80,7 @@ def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_c
     wait_for(lambda: "success" in runs(engine, "f").values(), message="a run")
     engine.flush()
     first = job_row(engine, "f")
-    horizon = engine.jobstore.CLAIM_AHEAD
+    horizon = engine.jobstore.claim_ahead_seconds
     # Claimed to its last fire within the horizon, one of its own fire times (a takeover records it exactly).
     assert first.claimed_until == pytest.approx(first.next_run_time + horizon, abs=1e-3)
     wait_for(lambda: len(runs(engine, "f")) >= 3, message="more runs")
@@ -101,10 +115,10 @@ def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> No
         walked = fire
         for _ in range(jobstore.CLAIM_AHEAD_RUNS):
             following = trigger.get_next_fire_time(walked, walked)
-            if following is None or following.timestamp() > fire.timestamp() + jobstore.CLAIM_AHEAD:
+            if following is None or following.timestamp() > fire.timestamp() + jobstore.claim_ahead_seconds:
                 break
             walked = following
-        expected = walked.timestamp() if interval.total_seconds() * 2 <= jobstore.CLAIM_AHEAD else fire.timestamp()
+        expected = walked.timestamp() if interval.total_seconds() * 2 <= jobstore.claim_ahead_seconds else fire.timestamp()
         assert jobstore.claim_ahead("j", fire.timestamp()) == expected, (interval, zone, start, end)
     jitter = IntervalTrigger(seconds=1, jitter=1, timezone=timezone.utc)
     jobstore._jobs_index["j"] = (SimpleNamespace(trigger=jitter), 0.0)  # type: ignore[assignment]
