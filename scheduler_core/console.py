@@ -140,9 +140,10 @@ class Console:
             views = [self._view_of_job(job, running) for job, _ in jobs]
             seen = {v.id for v in views}
             rows = [r for r in engine.store.load_jobs() if r.id not in seen] if engine.broken else []
-            views.extend(self._view_of_row(r, running) for r in rows)
+            views.extend(self._view_of_row(r, running, firing=True) for r in rows)
         else:
-            views = [self._view_of_row(r, running) for r in engine.store.load_jobs()]
+            firing = self._someone_executes()
+            views = [self._view_of_row(r, running, firing) for r in engine.store.load_jobs()]
         views.sort(key=lambda v: v.id)
         return views
 
@@ -153,7 +154,8 @@ class Console:
             job = engine.jobstore.lookup_job(job_id)
             if job is not None:
                 return self._view_of_job(job, running)
-        return self._view_of_row(engine.store.get_job_row(job_id), running)
+        return self._view_of_row(engine.store.get_job_row(job_id), running,
+                                 firing=engine.executing or self._someone_executes())
 
     def get_spec(self, job_id: str) -> JobSpec:
         view = self.get_job(job_id)
@@ -315,24 +317,32 @@ class Console:
         self._specs[row.id] = (row.seq, row.spec, spec)
         return spec
 
-    def _view_of_row(self, row: JobRow, running_counts: dict[str, int]) -> JobView:
+    def _someone_executes(self) -> bool:
+        """A live executor holds the lease (its heartbeat is within lease_seconds)."""
+        try:
+            holder = self.engine.store.lease_holder()
+        except Exception:
+            return False
+        return holder is not None and holder["heartbeat_at"] >= time.time() - self.engine.settings.lease_seconds
+
+    def _view_of_row(self, row: JobRow, running_counts: dict[str, int], firing: bool) -> JobView:
         spec = self._spec_of_row(row)
         broken = row.broken or self.engine.broken.get(row.id)
         state: JobState = "broken" if broken else ("paused" if row.paused else "scheduled")
         return JobView(
             id=row.id, name=spec.display_name if spec else row.id, kind=spec.kind if spec else "?", spec=spec,
             trigger_text=describe_trigger(spec.trigger, spec.timezone or self.timezone) if spec else "",
-            next_run_time=self._next_run_of_row(row, spec) if not broken else None, state=state, broken=broken,
+            next_run_time=self._next_run_of_row(row, spec, firing) if not broken else None, state=state, broken=broken,
             running=running_counts.get(row.id, 0),
             last_run=self._last_run(row.id), source=row.source,
         )
 
-    def _next_run_of_row(self, row: JobRow, spec: JobSpec | None) -> datetime | None:
-        """The stored next run time, or, where it has passed but the executor's claim still covers it (a frequent
+    def _next_run_of_row(self, row: JobRow, spec: JobSpec | None, firing: bool) -> datetime | None:
+        """The stored next run time, or, where it has passed but a live executor's claim still covers it (a frequent
         job claimed ahead writes its row once per claim, jobstore.py), the trigger's next fire from now. A passed
-        time that no claim covers is shown as it is: nothing has been firing that job."""
+        time is shown as it is otherwise: nothing is firing that job (no claim, or no executor since it stopped)."""
         now = time.time()
-        if (spec is None or row.paused or row.next_run_time is None or row.next_run_time >= now
+        if (not firing or spec is None or row.paused or row.next_run_time is None or row.next_run_time >= now
                 or row.claimed_until is None or row.claimed_until < now):
             return from_epoch(row.next_run_time)
         upcoming = build_trigger(spec, self.timezone).get_next_fire_time(None, from_epoch(now))

@@ -19,7 +19,7 @@ from scheduler_core.console import Console
 from scheduler_core.engine import Engine
 from scheduler_core.history import run_row
 from scheduler_core.jobstore import SpecJobStore
-from scheduler_core.store import LEASE_NAME, jobs_table, leader_table, runs_table
+from scheduler_core.store import LEASE_NAME, from_epoch, jobs_table, leader_table, runs_table
 from scheduler_core.writer import LocalWriter, ProcessWriter
 from tests.conftest import wait_for
 
@@ -89,10 +89,18 @@ def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_c
     assert later.next_run_time == first.next_run_time  # the fires since wrote nothing
     assert later.claimed_until == first.claimed_until
     assert max(runs(engine, "f")) <= later.claimed_until
-    # Another process (not executing) shows when it really fires next, not the stored time that has passed.
-    view = Console(engine)._view_of_row(later, {})
-    assert view.next_run_time is not None and view.next_run_time.timestamp() > time.time()
-    assert view.next_run_time.timestamp() <= time.time() + 1.001
+    # A console in another process shows when it really fires next, not the stored time that has passed...
+    standby = Engine(engine.settings)
+    standby.start(execute=False)
+    try:
+        shown = Console(standby).get_job("f").next_run_time
+        assert shown is not None and time.time() < shown.timestamp() <= time.time() + 1.001
+        engine.stop()
+        # ...and, once nothing executes, the passed stored time: the claim no longer means it fires.
+        assert Console(standby).get_job("f").next_run_time.timestamp() == later.next_run_time
+        assert [v.next_run_time for v in Console(standby).list_jobs()] == [from_epoch(later.next_run_time)]
+    finally:
+        standby.stop()
 
 
 def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> None:
