@@ -122,6 +122,10 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
+def lease_is_live(heartbeat_at: float, lease_seconds: float, now: float) -> bool:
+    return heartbeat_at >= now - lease_seconds
+
+
 def to_epoch(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
 
@@ -685,7 +689,7 @@ class Store:
                 if row.holder == holder:
                     # Ours, but this process stepped down meanwhile: its earlier runs count as another executor's.
                     return LeaseGrant(row.heartbeat_at) if self._renew(conn, holder, now) else None
-                if row.heartbeat_at >= now - lease_seconds:
+                if lease_is_live(row.heartbeat_at, lease_seconds, now):
                     return None
                 result = conn.execute(
                     table.update()
@@ -717,6 +721,11 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(leader_table).where(leader_table.c.name == LEASE_NAME)).mappings().first()
         return dict(row) if row else None
+
+    def someone_executes(self, lease_seconds: float) -> bool:
+        """A process holds the lease and its heartbeat is recent enough for nobody to take it over."""
+        holder = self.lease_holder()
+        return holder is not None and lease_is_live(holder["heartbeat_at"], lease_seconds, time.time())
 
     def runs_page(
         self, job_id: str | None = None, page: int = 1, per_page: int = 50, outcome: str | None = None
