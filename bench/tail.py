@@ -260,6 +260,25 @@ def _mean_quantiles(values: list[float], quantiles: tuple[float, ...]) -> list[s
     return [f"{sum(values) / len(values):.3f}"] + [f"{common.percentile(values, q):.3f}" for q in quantiles]
 
 
+def slice_table(runs: list[tuple[float, float]], spans: list[Span], w0: float, step: float,
+                late_s: float) -> list[list[Any]]:
+    """The window in slices of one interval: does the tail gather where the writers are busy (the first fire of
+    each job after the start, a wave of claims) or spread evenly?"""
+    rows = []
+    t = w0
+    while True:
+        chosen = sorted(1000 * (started - scheduled) for scheduled, started in runs if t <= scheduled < t + step)
+        if not chosen:
+            break
+        busy = {kind: sum(max(0.0, min(end, t + step) - max(start, t)) for k, start, end in spans if k == kind)
+                for kind in ("jobstore", "history")}
+        rows.append([f"{t - w0:.0f}-{t + step - w0:.0f} s", f"{len(chosen):,}", f"{common.percentile(chosen, 99):.2f}",
+                     f"{100 * sum(1 for v in chosen if v > 1000 * late_s) / len(chosen):.2f}",
+                     *(f"{100 * busy[kind] / step:.1f}" for kind in ("jobstore", "history"))])
+        t += step
+    return rows
+
+
 def schedstat_table() -> list[list[Any]]:
     rows = []
     for tid, (on_cpu, waiting, slices) in sorted(SCHEDSTAT.items(), key=lambda kv: -kv[1][0]):
@@ -419,6 +438,9 @@ def main() -> int:
                        overlap_table(runs, spans, late_s)))
     print(common.table(["runs", "stage", "count", "mean ms", "p50 ms", "p99 ms"],
                        stage_table(staged, submitted, late_s)))
+    if "window" in result:
+        print(common.table(["window", "runs", "p99 ms", "late %", "jobstore writer busy %", "history writer busy %"],
+                           slice_table(runs, spans, result["window"][0], args.interval, late_s)))
     window = [1000 * (end - start) for start, end in ITERATIONS if first <= start <= last]
     if window:
         print(f"scheduler loop: {len(window):,} rounds in the window, mean / p50 / p99 "
