@@ -279,6 +279,26 @@ def slice_table(runs: list[tuple[float, float]], spans: list[Span], w0: float, s
     return rows
 
 
+def stall_table(runs: list[tuple[float, float]], spans: list[Span], w0: float, stall_s: float) -> list[list[Any]]:
+    """Runs later than `stall_s`, gathered into episodes (late runs less than half a second apart): when in the
+    window, how long the longest scheduler-loop round around it took, and which activity overlapped it."""
+    episodes: list[list[tuple[float, float]]] = []
+    for run in sorted(r for r in runs if r[1] - r[0] > stall_s):
+        if episodes and run[0] - episodes[-1][-1][0] < 0.5:
+            episodes[-1].append(run)
+        else:
+            episodes.append([run])
+    rows = []
+    for episode in episodes:
+        lo, hi = episode[0][0], max(started for _, started in episode)
+        rounds = [end - start for start, end in ITERATIONS if end >= lo and start <= hi]
+        around = Counter(kind for kind, start, end in spans if end >= lo and start <= hi)
+        rows.append([f"{lo - w0:.2f} s", len(episode), f"{1000 * max(t - s for s, t in episode):.1f}",
+                     f"{1000 * max(rounds, default=0):.1f}",
+                     ", ".join(f"{kind} {n}" for kind, n in around.most_common(5)) or "-"])
+    return rows
+
+
 def schedstat_table() -> list[list[Any]]:
     rows = []
     for tid, (on_cpu, waiting, slices) in sorted(SCHEDSTAT.items(), key=lambda kv: -kv[1][0]):
@@ -371,6 +391,7 @@ def main() -> int:
     parser.add_argument("--interval", type=int, default=10)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--late-ms", type=float, default=1.0)
+    parser.add_argument("--stall-ms", type=float, default=10.0, help="runs later than this are listed by episode")
     parser.add_argument("--perf-sched", type=float, default=0, metavar="SECONDS",
                         help="record the kernel's scheduling events for this long, from about 5 s into the window")
     parser.add_argument("--history-class", choices=("idle", "nice"), default="idle",
@@ -441,6 +462,8 @@ def main() -> int:
     if "window" in result:
         print(common.table(["window", "runs", "p99 ms", "late %", "jobstore writer busy %", "history writer busy %"],
                            slice_table(runs, spans, result["window"][0], args.interval, late_s)))
+    print(common.table(["stall at", "runs", "max late ms", "longest loop round ms", "overlapping activity"],
+                       stall_table(runs, spans, result.get("window", (first,))[0], args.stall_ms / 1000)))
     window = [1000 * (end - start) for start, end in ITERATIONS if first <= start <= last]
     if window:
         print(f"scheduler loop: {len(window):,} rounds in the window, mean / p50 / p99 "
