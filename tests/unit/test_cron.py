@@ -75,6 +75,12 @@ def test_out_of_range_names_the_field_and_the_range(expression: str, reason: str
         ("0 0 * * 1#6", ["day_of_week: '1#6' is not valid"]),
         ("0 0 31 2 *", ["day: '31' never occurs in month '2'"]),
         ("0 0 30,31 feb *", ["never occurs"]),
+        # * in a list: croniter expands it next to the numbers (found by hypothesis; it crashed the check)
+        ("* * * *,1 *", ["month: '*,1' lists * with other values", "use * alone"]),
+        ("0 0 1,* * *", ["day: '1,*' lists *"]),
+        ("0 0 * * 1,*", ["day_of_week: '1,*' lists *"]),
+        ("*/5,* * * * * *", ["second: '*/5,*' lists *"]),
+        ("0 0 L,* * *", ["day: 'L,*' lists *"]),
     ],
 )
 def test_refusals_say_why(expression: str, words: list[str]) -> None:
