@@ -47,6 +47,9 @@ def carnation_env(tmp_path: Path, term: str = "xterm-256color") -> dict[str, str
         TERM=term,
     )
     env.pop("TMUX", None)  # a tmux inside the developer's tmux must still start its own server
+    # pytest-xdist's workers set COLUMNS=80 LINES=24, and Textual takes them over the pane's real 100x30 size.
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
     return env
 
 

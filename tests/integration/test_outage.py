@@ -20,6 +20,9 @@ from tests.integration.test_processes import Cluster
 
 MARIADBD = "/usr/sbin/mariadbd"
 
+# It stops the MariaDB server every other test uses: scripts/test runs it alone, after the parallel part.
+pytestmark = pytest.mark.exclusive
+
 
 def mariadb_alive() -> bool:
     return subprocess.run(["mysqladmin", "--protocol=tcp", "-h127.0.0.1", "-uroot", "ping"],
