@@ -229,7 +229,8 @@ def _schedule(expression: str) -> list[dict[str, str]]:
         if "*" in found and len(found) > 1:
             # Crontab reads "*,1" in day or day_of_week by its first character (1,* restricts, *,1 does not):
             # refused rather than guessed.
-            raise _Refused(f"{name}: {text!r} lists * with other values; use * alone (every {name}) or the values")
+            every = "day of the week" if name == "day_of_week" else name
+            raise _Refused(f"{name}: {text!r} lists * with other values; use * alone (every {every}) or the values")
     if any(_NEAREST_WEEKDAY.match(token) for token in fields["day"].split(",")):
         raise _Refused(f"day: {fields['day']!r} uses W (nearest weekday), which APScheduler cannot express")
 
