@@ -127,13 +127,19 @@ TriggerSpec = Annotated[
 ]
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A bad value quoted in an error message, cut short: the message must stay readable whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _check_timezone(value: str | None) -> str | None:
     if value is None:
         return None
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone {value!r}") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long to be a file name
+        raise ValueError(f"unknown timezone {_shown(value)}") from None
     return value
 
 
@@ -319,8 +325,8 @@ def from_flat(data: Any) -> JobSpec:
     trigger = data.pop("trigger", "date")
     if isinstance(trigger, dict):
         return parse_spec({**data, "trigger": trigger})
-    if trigger not in _FLAT_TRIGGER_FIELDS:
-        raise SpecError(FieldError("trigger", f"unknown trigger {trigger!r}; use date, interval or cron"))
+    if not isinstance(trigger, str) or trigger not in _FLAT_TRIGGER_FIELDS:
+        raise SpecError(FieldError("trigger", f"unknown trigger {_shown(trigger)}; use date, interval or cron"))
     trigger_data: dict[str, Any] = {"type": trigger}
     for name in _FLAT_TRIGGER_FIELDS[trigger]:
         if name in data:
