@@ -334,7 +334,11 @@ def main(argv: Sequence[str] | None = None, *, open_console: Any = None) -> int:
         if open_console is None:
             parser.error("no command given")
         return open_console(settings, args)
-    except (SpecError, ConflictingId, JobNotFound) as exc:
+    except SpecError as exc:
+        # From the field errors, not str(): UnresolvableReference's str() is Flask-APScheduler's bare sentence.
+        print(f"carnation: {'; '.join(str(error) for error in exc.errors)}", file=sys.stderr)
+        return 2
+    except (ConflictingId, JobNotFound) as exc:
         print(f"carnation: {exc}", file=sys.stderr)
         return 2
     except (CarnationError, FileNotFoundError, OSError) as exc:
