@@ -20,7 +20,7 @@ from apscheduler.triggers.cron.fields import SEPARATOR
 from apscheduler.triggers.date import DateTrigger
 from croniter import CroniterError, croniter
 
-from .errors import FieldError, SpecError
+from .errors import FieldError, SpecError, quoted
 
 CRON_FIELDS = ("year", "month", "week", "day", "day_of_week", "hour", "minute", "second")
 
@@ -76,7 +76,7 @@ _APSCHEDULER_TAKES = {
 def check_field(name: str, value: str) -> str | None:
     """The reason `value` is not a valid APScheduler cron `name` field, or None."""
     if name not in CRON_FIELDS:
-        return f"unknown cron field {name!r}; use one of {', '.join(CRON_FIELDS)}"
+        return f"unknown cron field {quoted(name)}; use one of {', '.join(CRON_FIELDS)}"
     text = str(value).strip()
     if not text:
         return f"is empty; {name} takes {_APSCHEDULER_TAKES[name]}"
@@ -86,15 +86,16 @@ def check_field(name: str, value: str) -> str | None:
             field_class(name, token)
         except (ValueError, TypeError) as exc:
             detail = re.sub(r"^Error validating expression '.*?': ", "", str(exc))
-            return f"{token!r} is invalid: {detail}; {name} takes {_APSCHEDULER_TAKES[name]}"
+            detail = re.sub(r"\(([^()]{60,})\)", lambda m: f"({m.group(1)[:59]}…)", detail)  # it repeats the value
+            return f"{quoted(token)} is invalid: {detail}; {name} takes {_APSCHEDULER_TAKES[name]}"
         # APScheduler matches some expressions by prefix only, so 'mon fri' would silently mean 'mon'.
         for compiler in field_class.COMPILERS:
             match = compiler.value_re.match(token)
             if match:
                 if match.end() < len(token):
                     return (
-                        f"{token!r} is invalid: {token[match.end():]!r} after {match.group()!r} is not understood; "
-                        f"{name} takes {_APSCHEDULER_TAKES[name]}"
+                        f"{quoted(token)} is invalid: {quoted(token[match.end():])} after {quoted(match.group())} "
+                        f"is not understood; {name} takes {_APSCHEDULER_TAKES[name]}"
                     )
                 break
     return None
@@ -114,7 +115,7 @@ def _split(expression: str) -> dict[str, str]:
         raise _Refused("is empty; give 5 fields (minute hour day month day_of_week) or 6 with seconds first")
     if text.startswith("@"):
         if text.lower() not in _MACROS:
-            raise _Refused(f"unknown macro {text!r}; use one of {', '.join(_MACROS)}")
+            raise _Refused(f"unknown macro {quoted(text)}; use one of {', '.join(_MACROS)}")
         text = _MACROS[text.lower()]
     parts = text.split()
     if len(parts) not in (5, 6):
@@ -179,8 +180,8 @@ def _locate(fields: dict[str, str]) -> str:
             if not _isolated_ok(fields, name, token):
                 return f"{name}: {_token_reason(name, token)}"
         if name == "day_of_week":
-            return f"{name}: {text!r} mixes plain days with 5#3 or 5L days; use one kind or the other"
-        return f"{name}: {text!r} is not valid; {name} takes {_CRONTAB_TAKES[name]}"
+            return f"{name}: {quoted(text)} mixes plain days with 5#3 or 5L days; use one kind or the other"
+        return f"{name}: {quoted(text)} is not valid; {name} takes {_CRONTAB_TAKES[name]}"
     return "is not a valid crontab expression"
 
 
@@ -197,11 +198,11 @@ def _token_reason(name: str, token: str) -> str:
     low, high = _CRONTAB_RANGES[name]
     base, slash, step = token.partition("/")
     if slash and (not step.isdigit() or int(step) == 0):
-        return f"the step in {token!r} must be a whole number above 0"
+        return f"the step in {quoted(token)} must be a whole number above 0"
     for part in base.split("-"):
         if part.isdigit() and not low <= int(part) <= high:
             return f"{part} is out of range {low}-{high}"
-    return f"{token!r} is not valid; {name} takes {_CRONTAB_TAKES[name]}"
+    return f"{quoted(token)} is not valid; {name} takes {_CRONTAB_TAKES[name]}"
 
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:
@@ -230,9 +231,10 @@ def _schedule(expression: str) -> list[dict[str, str]]:
             # Crontab reads "*,1" in day or day_of_week by its first character (1,* restricts, *,1 does not):
             # refused rather than guessed.
             every = "day of the week" if name == "day_of_week" else name
-            raise _Refused(f"{name}: {text!r} lists * with other values; use * alone (every {every}) or the values")
+            raise _Refused(
+                f"{name}: {quoted(text)} lists * with other values; use * alone (every {every}) or the values")
     if any(_NEAREST_WEEKDAY.match(token) for token in fields["day"].split(",")):
-        raise _Refused(f"day: {fields['day']!r} uses W (nearest weekday), which APScheduler cannot express")
+        raise _Refused(f"day: {quoted(fields['day'])} uses W (nearest weekday), which APScheduler cannot express")
 
     def values(name: str) -> list[int | str]:
         return expanded[_CRONITER_INDEX[name]]
@@ -254,7 +256,7 @@ def _schedule(expression: str) -> list[dict[str, str]]:
         min(int(v) for v in days) <= max(_DAYS_IN_MONTH[int(m)] for m in values("month"))
     )
     if not day_possible and not dow_restricted:
-        raise _Refused(f"day: {fields['day']!r} never occurs in month {fields['month']!r}")
+        raise _Refused(f"day: {quoted(fields['day'])} never occurs in month {quoted(fields['month'])}")
 
     if nth:
         # APScheduler keeps "3rd fri" and "last fri" in its day field.

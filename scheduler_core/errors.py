@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def quoted(value: object, limit: int = 60) -> str:
+    """A bad value as a message quotes it (repr), cut short: the message stays readable whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class FieldError:
     field: str

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from . import cron
-from .errors import FieldError, SpecError
+from .errors import FieldError, SpecError, quoted
 
 JobKind = Literal["python", "shell", "http"]
 JOB_KINDS: tuple[str, ...] = ("python", "shell", "http")
@@ -127,19 +127,13 @@ TriggerSpec = Annotated[
 ]
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """A bad value quoted in an error message, cut short: the message must stay readable whatever was sent."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def _check_timezone(value: str | None) -> str | None:
     if value is None:
         return None
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long to be a file name
-        raise ValueError(f"unknown timezone {_shown(value)}") from None
+        raise ValueError(f"unknown timezone {quoted(value)}") from None
     return value
 
 
@@ -326,7 +320,7 @@ def from_flat(data: Any) -> JobSpec:
     if isinstance(trigger, dict):
         return parse_spec({**data, "trigger": trigger})
     if not isinstance(trigger, str) or trigger not in _FLAT_TRIGGER_FIELDS:
-        raise SpecError(FieldError("trigger", f"unknown trigger {_shown(trigger)}; use date, interval or cron"))
+        raise SpecError(FieldError("trigger", f"unknown trigger {quoted(trigger)}; use date, interval or cron"))
     trigger_data: dict[str, Any] = {"type": trigger}
     for name in _FLAT_TRIGGER_FIELDS[trigger]:
         if name in data:

@@ -294,6 +294,13 @@ def test_check_field_refusals_are_clear(name: str, value: str, words: list[str])
         assert word in reason
 
 
+def test_a_huge_bad_value_is_quoted_cut_short() -> None:
+    """A pasted 5,000-character value made a 10,000-character message (quoted, then repeated by APScheduler)."""
+    for reason in (check_field("hour", "9" * 5000), check_expression("a" * 5000 + " * * * *")[0].reason,
+                   check_expression("0 0 * * 1,*" + ",1" * 2000)[0].reason):
+        assert reason is not None and len(reason) < 300 and "…" in reason, reason
+
+
 # --- properties: agreement with croniter, and validation agreeing with building -------------------------------
 
 RANGES = {"minute": (0, 59), "hour": (0, 23), "day": (1, 31), "month": (1, 12), "day_of_week": (0, 7)}
