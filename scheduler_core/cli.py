@@ -335,8 +335,7 @@ def main(argv: Sequence[str] | None = None, *, open_console: Any = None) -> int:
             parser.error("no command given")
         return open_console(settings, args)
     except SpecError as exc:
-        # From the field errors, not str(): UnresolvableReference's str() is Flask-APScheduler's bare sentence.
-        print(f"carnation: {'; '.join(str(error) for error in exc.errors)}", file=sys.stderr)
+        print(f"carnation: {exc.detail}", file=sys.stderr)  # not str(): Flask-APScheduler's bare sentence for some
         return 2
     except (ConflictingId, JobNotFound) as exc:
         print(f"carnation: {exc}", file=sys.stderr)

@@ -108,7 +108,7 @@ class Engine:
                                        make_writer=lambda: make_writer(self.store, "history", in_child,
                                                                          HISTORY_WRITER_NICENESS, background=True))
         self.jobstore = SpecJobStore(self.store, make_writer=lambda: make_writer(self.store, "jobstore", in_child),
-                                     claim_ahead=settings.claim_ahead_seconds)
+                                     claim_ahead_seconds=settings.claim_ahead_seconds)
         self.jobstore.is_recorded = lambda job_id, at: self.history.recorded_until.get(job_id, -1.0) >= at
         self.executor = ClaimingExecutor(settings.workers, self._claim, on_start=self._run_started)
         self._manual_runs: set[tuple[str, float]] = set()  # run-now runs: claimed by a "running" row

@@ -33,11 +33,16 @@ class SpecError(CarnationError, ValueError):
         elif isinstance(errors, FieldError):
             errors = [errors]
         self.errors: list[FieldError] = list(errors)
-        super().__init__("; ".join(str(e) for e in self.errors))
+        super().__init__(self.detail)
 
     @property
     def fields(self) -> list[str]:
         return [e.field for e in self.errors]
+
+    @property
+    def detail(self) -> str:
+        """Every bad field and why, in one line (a subclass's str() may say less: UnresolvableReference)."""
+        return "; ".join(str(e) for e in self.errors)
 
 
 class UnresolvableReference(SpecError):

@@ -56,10 +56,10 @@ class SpecJobStore(MemoryJobStore):
     CLAIM_AHEAD_RUNS = 600  # at most: a sub-second job's takeover walks its fires since the last recorded one
 
     def __init__(self, store: Store, flush_interval: float = 0.2,
-                 make_writer: Callable[[], Writer] | None = None, claim_ahead: float = 60.0) -> None:
+                 make_writer: Callable[[], Writer] | None = None, claim_ahead_seconds: float = 60.0) -> None:
         super().__init__()
         self.store = store
-        self.claim_ahead_seconds = claim_ahead  # seconds of a frequent job's fires claimed in one write
+        self.claim_ahead_seconds = claim_ahead_seconds  # of a frequent job's fires, claimed in one write
         self._make_writer = make_writer or (lambda: LocalWriter(store))
         self.flush_interval = flush_interval
         self._pending: dict[str, float | None | object] = {}  # id -> next run epoch, or _DELETE
