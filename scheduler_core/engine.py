@@ -7,6 +7,7 @@ database first, then to the in-memory scheduler, so a refused change leaves both
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -41,6 +42,7 @@ from .writer import make_writer
 
 log = logging.getLogger(__name__)
 
+PR_SET_TIMERSLACK = 29  # <linux/prctl.h>
 JOB_EVENTS_WITH_ROWS = aps.EVENT_JOB_EXECUTED | aps.EVENT_JOB_ERROR | aps.EVENT_JOB_MISSED
 
 
@@ -61,6 +63,10 @@ class LockFreeDispatchScheduler(BackgroundScheduler):
             super().remove_listener(callback)
             self._listener_snapshot = tuple(self._listeners)
 
+    def _main_loop(self) -> None:
+        precise_timed_waits()
+        super()._main_loop()
+
     def _dispatch_event(self, event: aps.SchedulerEvent) -> None:
         for callback, mask in self._listener_snapshot:
             if event.code & mask:
@@ -68,6 +74,18 @@ class LockFreeDispatchScheduler(BackgroundScheduler):
                     callback(event)
                 except BaseException:
                     self._logger.exception("Error notifying listener")
+
+
+def precise_timed_waits() -> None:
+    """Let this thread's timed waits end at their deadline: Linux ends them up to the thread's timer slack later
+    (50 µs by default, so that timers can share a wake-up). The scheduler loop waits until the next fire time; every
+    run was starting up to 50 µs late for the sake of a saving that one wake-up per fire does not get."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)  # in ns; 0 would mean the default
+    except (OSError, AttributeError):
+        pass
 
 
 def host_allowed(allowed_hosts: list[str], host: str = HOSTNAME) -> bool:

@@ -5,7 +5,9 @@ plays out the race the lock used to settle."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_EXECUTED
+from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
 
 from scheduler_core.console import Console
 from scheduler_core.engine import Engine, LockFreeDispatchScheduler
@@ -192,3 +194,24 @@ def test_a_run_started_with_a_running_row_is_not_marked_again() -> None:
     assert recorder._running_rows([]) == []
     assert recorder.run_finished("j", 100.0) is True
     assert recorder.run_finished("j", 100.0) is False  # forgotten once ended
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is Linux's")
+def test_the_scheduler_loop_waits_for_the_next_fire_without_timer_slack() -> None:
+    """Linux ends a thread's timed wait up to its timer slack (50 µs by default) late: every run started that much
+    after its time. Read on the loop thread itself (a submission event is dispatched there)."""
+    get_timer_slack = ctypes.CDLL(None).prctl
+    seen: list[tuple[str, int]] = []
+    scheduler = LockFreeDispatchScheduler(executors={"default": ClaimingExecutor(1, claim=lambda job_id, at: True)},
+                                          timezone=timezone.utc)
+    scheduler.add_listener(
+        lambda event: seen.append((threading.current_thread().name, get_timer_slack(30, 0, 0, 0, 0))),
+        EVENT_JOB_SUBMITTED)
+    scheduler.start()
+    try:
+        scheduler.add_job(len, "date", run_date=datetime.now(timezone.utc), args=[()])
+        wait_for(lambda: seen, message="the run submitted")
+    finally:
+        scheduler.shutdown()
+    assert seen == [("APScheduler", 1)]  # PR_GET_TIMERSLACK, in ns
+    assert get_timer_slack(30, 0, 0, 0, 0) > 1  # other threads keep theirs
