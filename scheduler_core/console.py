@@ -9,7 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from . import cron
 from .describe import describe_trigger
@@ -18,6 +18,9 @@ from .errors import SpecError
 from .events import Subscription
 from .spec import JobSpec, build_trigger, coerce_spec, merge_changes, parse_spec
 from .store import JobRow, from_epoch, redact_url
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
 
 JobState = Literal["scheduled", "paused", "running", "broken"]
 T = TypeVar("T")
@@ -124,6 +127,9 @@ class Console:
         self.engine = engine
         self._views: dict[str, tuple[tuple[Any, ...], JobView]] = {}
         self._specs: dict[str, tuple[int, str, JobSpec | None]] = {}  # id -> (seq, json, parsed): parse once
+        # id -> (spec, its trigger): a standby console finds a claimed-ahead job's next fire on every refresh, and
+        # building the trigger was most of that (8 µs a job: 80 ms a refresh at 10,000 such jobs).
+        self._triggers: dict[str, tuple[JobSpec, BaseTrigger]] = {}
 
     @property
     def timezone(self) -> str:
@@ -145,7 +151,14 @@ class Console:
             firing = self._someone_executes()
             views = [self._view_of_row(r, running, firing) for r in engine.store.load_jobs()]
         views.sort(key=lambda v: v.id)
+        self._forget_removed({v.id for v in views})
         return views
+
+    def _forget_removed(self, live_ids: set[str]) -> None:
+        """Drop what is cached for jobs gone from the database (ids come and go in a long-running console)."""
+        for cache in (self._views, self._specs, self._triggers):
+            for job_id in cache.keys() - live_ids:
+                del cache[job_id]
 
     def get_job(self, job_id: str) -> JobView:
         engine = self.engine
@@ -343,5 +356,8 @@ class Console:
         if (not firing or spec is None or row.paused or row.next_run_time is None or row.next_run_time >= now
                 or row.claimed_until is None or row.claimed_until < now):
             return from_epoch(row.next_run_time)
-        upcoming = build_trigger(spec, self.timezone).get_next_fire_time(None, from_epoch(now))
+        cached = self._triggers.get(row.id)
+        if cached is None or cached[0] is not spec:  # _spec_of_row gives the same object until the row changes
+            cached = self._triggers[row.id] = (spec, build_trigger(spec, self.timezone))
+        upcoming = cached[1].get_next_fire_time(None, from_epoch(now))
         return from_epoch(row.next_run_time) if upcoming is None else from_epoch(upcoming.timestamp())

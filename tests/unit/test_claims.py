@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from apscheduler.triggers.interval import IntervalTrigger
 
+import scheduler_core.console as console_module
 from scheduler_core.console import Console
 from scheduler_core.engine import Engine
 from scheduler_core.history import run_row
@@ -99,6 +100,38 @@ def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_c
         # ...and, once nothing executes, the passed stored time: the claim no longer means it fires.
         assert Console(standby).get_job("f").next_run_time.timestamp() == later.next_run_time
         assert [v.next_run_time for v in Console(standby).list_jobs()] == [from_epoch(later.next_run_time)]
+    finally:
+        standby.stop()
+
+
+def test_a_standby_console_builds_a_claimed_ahead_jobs_trigger_once_per_version_of_the_job(
+        console: Console, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It finds such a job's next fire from its trigger on every refresh (the stored time has passed): building the
+    trigger each time was 8 µs a job, 80 ms a refresh at 10,000 such jobs."""
+    console.add_job({"id": "f", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval", "seconds": 1})
+    wait_for(lambda: len(runs(engine, "f")) >= 2, message="runs past the stored next run time")
+    engine.flush()
+    built: list[int] = []
+    build_trigger = console_module.build_trigger
+    monkeypatch.setattr(console_module, "build_trigger",
+                        lambda spec, tz: built.append(spec.trigger.seconds) or build_trigger(spec, tz))
+    standby = Engine(engine.settings)
+    standby.start(execute=False)
+    watcher = Console(standby)
+
+    def shown_within(seconds: float) -> bool:
+        shown = watcher.list_jobs()[0].next_run_time
+        return shown is not None and time.time() < shown.timestamp() <= time.time() + seconds + 0.001
+
+    try:
+        assert all(shown_within(1) for _ in range(3))
+        assert built == [1]
+        console.update_job("f", {"seconds": 2})
+        # Rebuilt for the new version once its first stored next run time has passed, and shown by it.
+        wait_for(lambda: shown_within(2) and built == [1, 2], message="the edited schedule shown")
+        console.remove_job("f")
+        assert watcher.list_jobs() == []
+        assert not (watcher._specs or watcher._triggers or watcher._views)  # nothing kept for a job that is gone
     finally:
         standby.stop()
 
