@@ -20,7 +20,7 @@ from scheduler_core.console import Console
 from scheduler_core.engine import Engine
 from scheduler_core.history import run_row
 from scheduler_core.jobstore import SpecJobStore
-from scheduler_core.store import LEASE_NAME, from_epoch, jobs_table, leader_table, runs_table
+from scheduler_core.store import LEASE_NAME, Store, from_epoch, jobs_table, leader_table, runs_table
 from scheduler_core.writer import LocalWriter, ProcessWriter
 from tests.conftest import wait_for
 
@@ -337,5 +337,40 @@ def test_jobs_added_while_nobody_executed_are_claimed_at_once_when_an_executor_s
         rows = job_rows(executor)
         assert [row.claimed_until for row in rows] == [row.next_run_time for row in rows]
         assert executor.jobstore.claimed == {row.id: pytest.approx(row.next_run_time, abs=1e-6) for row in rows}
+    finally:
+        executor.stop()
+
+
+def test_frequent_jobs_found_unclaimed_at_start_are_claimed_ahead_there_and_their_first_fires_write_nothing(
+        make_settings, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As their first fire would claim them (one write per job, 1,000 a second for 10 s after a start at 10,000 jobs
+    every 10 s), but in a few statements during the start."""
+    monkeypatch.setattr(Store, "CLAIM_AHEAD_CHUNK", 2)  # several statements
+    settings = make_settings(db_url)
+    console_only = Engine(settings)
+    console_only.start(execute=False)
+    start = (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()
+    add = Console(console_only).add_job
+    for n in range(5):
+        add({"id": f"f{n}", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval", "seconds": n + 1,
+             "start_date": start})
+    add({"id": "rare", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "interval", "seconds": 600})
+    add({"id": "cron", "func": "tests.sample_jobs:add", "args": [1, 2], "trigger": "cron", "minute": "*"})
+    console_only.stop()
+    executor = Engine(settings)
+    executor.start()
+    try:
+        horizon = executor.jobstore.claim_ahead_seconds
+        at_start = {row.id: row for row in job_rows(executor)}
+        for n in range(5):
+            row = at_start[f"f{n}"]
+            assert row.claimed_until == pytest.approx(row.next_run_time + horizon // (n + 1) * (n + 1), abs=1e-6)
+            assert executor.jobstore.claimed[row.id] == row.claimed_until  # memory holds what was written
+        for job_id in ("rare", "cron"):  # their next fire only: they fire less than twice within the horizon
+            assert at_start[job_id].claimed_until == at_start[job_id].next_run_time
+        wait_for(lambda: len(runs(executor, "f0")) >= 2, message="f0's first fires")
+        executor.flush()  # (they wrote nothing:)
+        frequent = [f"f{n}" for n in range(5)]
+        assert [job_row(executor, job_id) for job_id in frequent] == [at_start[job_id] for job_id in frequent]
     finally:
         executor.stop()
