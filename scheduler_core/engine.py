@@ -84,7 +84,7 @@ def precise_timed_waits() -> None:
     if sys.platform != "linux":
         return
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)  # in ns; 0 would mean the default
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)  # in ns; 0 would mean the default
     except (OSError, AttributeError):
         pass
 

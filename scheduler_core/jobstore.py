@@ -26,6 +26,7 @@ from datetime import datetime
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.job import Job
 from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from apscheduler.util import datetime_to_utc_timestamp
 
@@ -131,7 +132,7 @@ class SpecJobStore(MemoryJobStore):
         entry = self._jobs_index.get(job_id)
         return self.claim_horizon(entry[0].trigger, at) if entry is not None else at
 
-    def claim_horizon(self, trigger: object, at: float) -> float:
+    def claim_horizon(self, trigger: BaseTrigger, at: float) -> float:
         """The last fire of `trigger` within claim_ahead_seconds of its fire at `at` (epoch), or `at` where its
         coming fire times are not known exactly (not an interval trigger, jitter) or it fires less often.
 
