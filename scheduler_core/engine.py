@@ -258,7 +258,7 @@ class Engine:
             if at is None or (claimed is not None and claimed >= at):
                 continue
             if at == _to_microseconds(rows[job.id].next_run_time):
-                claims[job.id] = until = self.jobstore.claim_horizon(job.trigger, at)
+                claims[job.id] = until = self.jobstore.claim_horizon(job.id, job.trigger, at)
                 if until > at:
                     ahead.append((job.id, until))
         if not claims:

@@ -82,8 +82,10 @@ def test_a_frequent_job_is_claimed_ahead_and_its_fires_write_nothing_while_the_c
     engine.flush()
     first = job_row(engine, "f")
     horizon = engine.jobstore.claim_ahead_seconds
-    # Claimed to its last fire within the horizon, one of its own fire times (a takeover records it exactly).
-    assert first.claimed_until == pytest.approx(first.next_run_time + horizon, abs=1e-3)
+    # Claimed ahead (a first claim: half to one and a half horizons, by the job's id, jobstore.py), to one of its
+    # own fire times (a takeover records it exactly).
+    ahead = first.claimed_until - first.next_run_time
+    assert horizon / 2 - 1 < ahead <= 1.5 * horizon and ahead == pytest.approx(round(ahead), abs=1e-3)
     wait_for(lambda: len(runs(engine, "f")) >= 3, message="more runs")
     engine.flush()
     later = job_row(engine, "f")
@@ -138,11 +140,14 @@ def test_a_standby_console_builds_a_claimed_ahead_jobs_trigger_once_per_version_
 
 def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> None:
     """The claim is computed, not walked: it must be the very float the loop's own chain of fires gives (a
-    takeover records it as a run), in every timezone, across DST, for intervals down to the microsecond, and it
-    stops at the trigger's end date."""
+    takeover records it as a run), in every timezone, across DST, for intervals down to the microsecond, over half
+    the horizon ahead, and it stops at the trigger's end date. Where a claim is renewed, at the first fire past it,
+    the new claim reaches the horizon but one or two intervals (or the trigger's last fire, or the cap on
+    fires)."""
     rng = random.Random(7)
     zones = [timezone.utc, ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York"), ZoneInfo("Australia/Lord_Howe")]
     jobstore = SpecJobStore(store=None)  # type: ignore[arg-type]  # claim_ahead reads only its jobs in memory
+    horizon = jobstore.claim_ahead_seconds
     for case in range(400):
         interval = rng.choice([timedelta(seconds=rng.randint(1, 30)), timedelta(milliseconds=rng.randint(1, 30_000)),
                                timedelta(microseconds=rng.randint(1, 30_000_000))])
@@ -151,19 +156,69 @@ def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> No
                          rng.randint(0, 59), rng.randint(0, 999_999), tzinfo=zone)
         end = start + timedelta(seconds=rng.uniform(1, 120)) if case % 4 == 0 else None
         trigger = IntervalTrigger(seconds=interval.total_seconds(), start_date=start, end_date=end, timezone=zone)
-        jobstore._jobs_index["j"] = (SimpleNamespace(trigger=trigger), 0.0)  # type: ignore[assignment]
+        job_id = f"job-{case}"
+        jobstore._jobs_index[job_id] = (SimpleNamespace(trigger=trigger), 0.0)  # type: ignore[assignment]
         fire = trigger.get_next_fire_time(None, start)
-        walked = fire
+        walked, last = [fire.timestamp()], fire
         for _ in range(jobstore.CLAIM_AHEAD_RUNS):
-            following = trigger.get_next_fire_time(walked, walked)
-            if following is None or following.timestamp() > fire.timestamp() + jobstore.claim_ahead_seconds:
+            last = trigger.get_next_fire_time(last, last)
+            if last is None or last.timestamp() > walked[0] + 1.5 * horizon:
                 break
-            walked = following
-        expected = walked.timestamp() if interval.total_seconds() * 2 <= jobstore.claim_ahead_seconds else fire.timestamp()
-        assert jobstore.claim_ahead("j", fire.timestamp()) == expected, (interval, zone, start, end)
+            walked.append(last.timestamp())
+        claim = jobstore.claim_ahead(job_id, walked[0])
+        case_ = (interval, zone, start, end)
+        if interval.total_seconds() * 2 > horizon:
+            assert claim == walked[0], case_
+            continue
+        assert claim in walked, case_
+        assert (claim + interval.total_seconds() > walked[0] + horizon / 2 or claim == walked[-1]
+                or claim - walked[0] >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), case_
+        renewal = walked.index(claim) + 1
+        if renewal < len(walked):
+            renewed = jobstore.claim_ahead(job_id, walked[renewal])
+            assert walked[renewal] <= renewed <= walked[renewal] + horizon, case_
+            if renewed > walked[-1]:  # the fires walked end within the first horizon: walk the second's
+                last = datetime.fromtimestamp(walked[-1], zone)
+                while (last := trigger.get_next_fire_time(last, last)) is not None and last.timestamp() < renewed:
+                    pass
+                assert last is not None and last.timestamp() == renewed, case_
+            renewed_reach = renewed - walked[renewal]
+            assert (renewed_reach > horizon - 2 * interval.total_seconds()
+                    or (end is not None and renewed + interval.total_seconds() > end.timestamp())
+                    or renewed_reach >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), case_
     jitter = IntervalTrigger(seconds=1, jitter=1, timezone=timezone.utc)
     jobstore._jobs_index["j"] = (SimpleNamespace(trigger=jitter), 0.0)  # type: ignore[assignment]
     assert jobstore.claim_ahead("j", 1000.0) == 1000.0  # its coming fire times are not known
+
+
+def test_jobs_sharing_a_start_renew_their_claims_spread_over_the_minute_not_together() -> None:
+    """10,000 jobs every 10 s started together renewed their claims within the same 10 s once a minute (1,000
+    writes a second, and the late runs of that window): each job's claims now end on a grid of its own. Simulates
+    ten minutes of claims, a write at each first fire past the claim, for 1,000 such jobs."""
+    jobstore = SpecJobStore(store=None)  # type: ignore[arg-type]
+    horizon, interval, jobs = jobstore.claim_ahead_seconds, 10.0, 1000
+    start = datetime(2026, 12, 5, tzinfo=timezone.utc)
+    writes = []
+    for n in range(jobs):
+        trigger = IntervalTrigger(seconds=interval, start_date=start + timedelta(seconds=n * interval / jobs),
+                                  timezone=timezone.utc)
+        at = first = trigger.start_date.timestamp()
+        while at < start.timestamp() + 600:
+            writes.append(at)
+            claim = jobstore.claim_horizon(f"job-{n}", trigger, at)
+            if at == first:
+                assert at + horizon / 2 - interval < claim <= at + 1.5 * horizon
+            else:  # a renewal reaches the horizon, but for one or two intervals
+                assert at + horizon - 2 * interval < claim <= at + horizon
+            at = claim + interval
+    # Past the first minute (the start claims everything at once), per 10 s slice:
+    per_slice = [0] * 54
+    for at in writes:
+        if at >= start.timestamp() + 60:
+            per_slice[int((at - start.timestamp() - 60) // 10)] += 1
+    mean = sum(per_slice) / len(per_slice)
+    assert mean <= jobs * interval / horizon * 1.05  # no more writes than a claim per job per horizon
+    assert max(per_slice) < 1.5 * mean, per_slice  # together: 1,000 in one slice of each minute, 0 in the others
 
 
 # (previous holder's heartbeat, seconds ago or None for a clean release) -> was the claimed run possibly started?
@@ -207,7 +262,7 @@ def test_a_job_added_again_under_the_same_id_waits_for_its_own_claim(console: Co
     console.add_job(spec)
     wait_for(lambda: "success" in runs(engine, "again").values(), message="a run")
     engine.flush()
-    assert engine.jobstore.claimed["again"] > time.time() + 30  # claimed a minute ahead
+    assert engine.jobstore.claimed["again"] > time.time() + 20  # claimed ahead (half a minute at least)
     console.remove_job("again")
     assert "again" not in engine.jobstore.claimed  # the new row's runs are not covered by the old row's claim
     console.add_job({**spec, "seconds": 2})
@@ -364,7 +419,9 @@ def test_frequent_jobs_found_unclaimed_at_start_are_claimed_ahead_there_and_thei
         at_start = {row.id: row for row in job_rows(executor)}
         for n in range(5):
             row = at_start[f"f{n}"]
-            assert row.claimed_until == pytest.approx(row.next_run_time + horizon // (n + 1) * (n + 1), abs=1e-6)
+            # As far as the first fire would have claimed it (over half the horizon ahead, to one of its fires).
+            assert row.claimed_until == executor.jobstore.claim_horizon(row.id, executor.jobstore.lookup_job(
+                row.id).trigger, row.next_run_time) > row.next_run_time + horizon / 2 - (n + 1)
             assert executor.jobstore.claimed[row.id] == row.claimed_until  # memory holds what was written
         for job_id in ("rare", "cron"):  # their next fire only: they fire less than twice within the horizon
             assert at_start[job_id].claimed_until == at_start[job_id].next_run_time
