@@ -136,15 +136,16 @@ class SpecJobStore(MemoryJobStore):
         return self.claim_horizon(job_id, entry[0].trigger, at) if entry is not None else at
 
     def claim_horizon(self, job_id: str, trigger: BaseTrigger, at: float) -> float:
-        """The last fire of `trigger` before the job's next renewal point, its fire at `at` (epoch) where its
-        coming fire times are not known exactly (not an interval trigger, jitter) or it fires less often.
+        """How far a write of the job's fire at `at` (epoch) claims: its last fire before the job's next renewal
+        point, or `at` itself where its coming fire times are not known exactly (not an interval trigger, jitter)
+        or it fires less often than twice in claim_ahead_seconds.
 
         A job's renewal points are claim_ahead_seconds apart, offset by a hash of its id, and a claim reaches the
-        first one over half claim_ahead_seconds ahead: renewing at one, a claim reaches the next, within an interval
-        of claim_ahead_seconds; a job's first claim reaches half to one and a half times as far. Ending every claim
-        claim_ahead_seconds after its write instead kept jobs that share a start renewing together once a minute:
-        1,000 writes a second for 10 s at 10,000 jobs every 10 s, and the late runs of that window (bench/README.md,
-        12-05). Spread, the same writes come ~170 a second.
+        first one more than half claim_ahead_seconds ahead. So the fire that renews a claim (the first at or past a
+        point) claims up to the next point, claim_ahead_seconds on; only a job's first claim reaches half to one
+        and a half times as far. Ending every claim claim_ahead_seconds after its write instead kept jobs that share
+        a start renewing together once a minute: 1,000 writes a second for 10 s at 10,000 jobs every 10 s, and the
+        late runs of that window (bench/README.md, 12-05). Spread, the same writes come ~170 a second.
 
         Computed, not walked (a walk of 200 jobs x 6 fires per batch held the GIL for milliseconds, and runs due
         meanwhile waited): the loop finds each fire as the previous one's timestamp plus the interval, rounded to
