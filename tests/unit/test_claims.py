@@ -166,26 +166,26 @@ def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> No
                 break
             walked.append(last.timestamp())
         claim = jobstore.claim_ahead(job_id, walked[0])
-        case_ = (interval, zone, start, end)
+        context = (interval, zone, start, end)
         if interval.total_seconds() * 2 > horizon:
-            assert claim == walked[0], case_
+            assert claim == walked[0], context
             continue
-        assert claim in walked, case_
+        assert claim in walked, context
         assert (claim + interval.total_seconds() > walked[0] + horizon / 2 or claim == walked[-1]
-                or claim - walked[0] >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), case_
+                or claim - walked[0] >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), context
         renewal = walked.index(claim) + 1
         if renewal < len(walked):
             renewed = jobstore.claim_ahead(job_id, walked[renewal])
-            assert walked[renewal] <= renewed <= walked[renewal] + horizon, case_
+            assert walked[renewal] <= renewed <= walked[renewal] + horizon, context
             if renewed > walked[-1]:  # the fires walked end within the first horizon: walk the second's
                 last = datetime.fromtimestamp(walked[-1], zone)
                 while (last := trigger.get_next_fire_time(last, last)) is not None and last.timestamp() < renewed:
                     pass
-                assert last is not None and last.timestamp() == renewed, case_
+                assert last is not None and last.timestamp() == renewed, context
             renewed_reach = renewed - walked[renewal]
             assert (renewed_reach > horizon - 2 * interval.total_seconds()
                     or (end is not None and renewed + interval.total_seconds() > end.timestamp())
-                    or renewed_reach >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), case_
+                    or renewed_reach >= jobstore.CLAIM_AHEAD_RUNS * interval.total_seconds() - 1e-6), context
     jitter = IntervalTrigger(seconds=1, jitter=1, timezone=timezone.utc)
     jobstore._jobs_index["j"] = (SimpleNamespace(trigger=jitter), 0.0)  # type: ignore[assignment]
     assert jobstore.claim_ahead("j", 1000.0) == 1000.0  # its coming fire times are not known
@@ -193,7 +193,7 @@ def test_a_claim_ahead_is_exactly_a_fire_time_the_scheduler_loop_reaches() -> No
 
 def test_jobs_sharing_a_start_renew_their_claims_spread_over_the_minute_not_together() -> None:
     """10,000 jobs every 10 s started together renewed their claims within the same 10 s once a minute (1,000
-    writes a second, and the late runs of that window): each job's claims now end on a grid of its own. Simulates
+    writes a second, and the late runs of that window): each job now renews at points of its own. Simulates
     ten minutes of claims, a write at each first fire past the claim, for 1,000 such jobs."""
     jobstore = SpecJobStore(store=None)  # type: ignore[arg-type]
     horizon, interval, jobs = jobstore.claim_ahead_seconds, 10.0, 1000
