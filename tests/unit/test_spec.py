@@ -219,3 +219,22 @@ def test_specs_loaded_from_rows_share_one_set_of_field_names_and_copies_never_wr
     given = parse_spec({"id": "p", "target": "tests.sample_jobs:add"})
     assert given.model_fields_set == {"id", "target"}
     assert given.model_dump(exclude_unset=True) == {"id": "p", "target": "tests.sample_jobs:add"}
+
+
+def test_jobs_on_the_same_cron_schedule_share_one_trigger_and_only_they_do() -> None:
+    """A CronTrigger costs ~90 µs and 2.4 KB: 9 s and 240 MB at 100,000 jobs built one each."""
+    def trigger(job_id: str, **changes: object) -> object:
+        return build_trigger(parse_spec({"id": job_id, "target": "tests.sample_jobs:add",
+                                         "trigger": {"type": "cron", "expression": "0 3 * * *"}, **changes}), "UTC")
+
+    shared = trigger("a")
+    assert trigger("b") is shared
+    assert trigger("c", timezone="Europe/Paris") is not shared
+    assert trigger("d", start_date="2030-01-01T00:00:00Z") is not shared
+    assert trigger("e", jitter=5) is not shared
+    other = build_trigger(parse_spec({"id": "f", "target": "tests.sample_jobs:add",
+                                      "trigger": {"type": "cron", "expression": "0 4 * * *"}}), "UTC")
+    assert other is not shared and str(other) != str(shared)
+    # Date and interval triggers built without a start begin from now: never shared.
+    interval = {"id": "g", "target": "tests.sample_jobs:add", "trigger": {"type": "interval", "seconds": 5}}
+    assert build_trigger(parse_spec(interval)) is not build_trigger(parse_spec(interval))
