@@ -373,6 +373,36 @@ def test_upgrading_to_0004_keeps_stored_jobs_and_drops_the_index(db_url: str) ->
         store.close()
 
 
+def test_jobs_load_with_the_cyclic_collector_paused_and_it_runs_again_after(
+        make_settings, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading 100,000 jobs set off one full collection after another, each walking all loaded so far: 2 s of a 4 s
+    start (bench/README.md, F29)."""
+    first = Engine(make_settings(sqlite_url))
+    first.start()
+    Console(first).add_job(interval_job("j"))
+    first.stop()
+    collector_during_load: list[bool] = []
+    load_jobs = Engine._load_jobs
+    monkeypatch.setattr(Engine, "_load_jobs",
+                        lambda self, rows: collector_during_load.append(gc.isenabled()) or load_jobs(self, rows))
+    engine = Engine(make_settings(sqlite_url))
+    try:
+        engine.start()
+        assert collector_during_load == [False]
+        assert gc.isenabled()
+        gc.disable()  # and left as found: off if a caller had turned it off
+        try:
+            engine.stop()
+            engine = Engine(make_settings(sqlite_url))
+            engine.start()
+            assert collector_during_load == [False, False] and not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        engine.stop()
+        engine.store.close()
+
+
 def test_jobs_loaded_at_start_are_kept_out_of_full_garbage_collections(make_settings, sqlite_url: str) -> None:
     """A full collection walks every tracked object holding the GIL: with 1,000 jobs it stopped the scheduler for
     86 ms, and every run due meanwhile fired that late (bench/README.md). Loaded jobs are frozen out of it."""
