@@ -45,8 +45,8 @@ class Settings(BaseSettings):
         default_factory=lambda: ["."], description="directories python jobs are imported from (besides installed packages)")
     claim_ahead_seconds: float = Field(
         60, ge=0, description="a job firing at least twice in this many seconds has its runs claimed this far ahead "
-        "(its first claim: half to one and a half times), not one write per fire (0: every fire; a takeover after a crash then runs late, rather than records as "
-        "abandoned, the frequent jobs' fires of its last seconds)")
+        "(its first claim: half to one and a half times), not one write per fire (0: every fire; a takeover after "
+        "a crash then runs late, rather than records as abandoned, the frequent jobs' fires of its last seconds)")
     writer_process: bool = Field(True, description="write history and next run times from a child process, off the scheduler's GIL")
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="predefined jobs (Flask-APScheduler JOBS)")
 
