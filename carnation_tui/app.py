@@ -8,7 +8,6 @@ and applies each batch in one update. Every facade call runs in a thread worker 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import time
@@ -141,7 +140,6 @@ class CarnationApp(App[int]):
         self._last_refresh_end = 0.0
         self._last_load_started = 0.0
         self._changed_until = 0.0
-        self._first_load_frozen = False
         self._status_busy = False
         self._status_wanted = False
         self.counts: tuple[int, int, int, int] | None = None
@@ -342,12 +340,6 @@ class CarnationApp(App[int]):
     @on(JobsLoaded)
     def _jobs_loaded(self, message: JobsLoaded) -> None:
         self.views = message.views
-        if not self._first_load_frozen:
-            # The console's per-job caches (views, parsed specs) last as long as the app, as the engine's jobs do
-            # (engine.py freezes those): out of the cyclic collector's sight too, or each full collection walks
-            # them, 100-150 ms at 100,000 jobs with the keys and the scheduler loop waiting.
-            gc.freeze()
-            self._first_load_frozen = True
         if message.counts != self.counts:
             # Counted from the snapshot the table shows, so the bar and the table always agree.
             self.counts = message.counts

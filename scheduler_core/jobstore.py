@@ -10,12 +10,12 @@ durable. The claim is normally written about one interval ahead, so it costs the
 the writer's next batch waits for it (`wait_claimed`), a group commit shared by every run waiting then.
 
 A job firing at least twice within `claim_ahead_seconds` (an interval trigger without jitter, whose coming fire
-times are exact) is claimed up to its last fire within them, and the fires that claim covers write nothing: at
-10,000 jobs every 10 s that is 1,000 row updates a second fewer, the database work that made the late runs
-(bench/README.md, 12-04 evening). Its stored next run time then lags by up to that long: readers in other processes
-advance it while the claim covers it (console.py), and a process taking over continues from the history (engine.py).
-Each job renews its claim at points of its own in the minute (`claim_horizon`): jobs sharing a start do not renew
-together.
+times are exact) is claimed about that far ahead, and the fires that claim covers write nothing: at 10,000 jobs
+every 10 s that is 1,000 row updates a second fewer, the database work that made the late runs (bench/README.md,
+12-04 evening). Its stored next run time then lags by up to that long (one and a half times after its first claim):
+readers in other processes advance it while the claim covers it (console.py), and a process taking over continues
+from the history (engine.py). Each job renews its claim at points of its own in the minute (`claim_horizon`): jobs
+sharing a start do not renew together.
 """
 
 from __future__ import annotations

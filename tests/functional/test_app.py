@@ -25,6 +25,8 @@ from carnation_tui.screens.history import HistoryScreen, RunDetailScreen, RunTab
 from carnation_tui.widgets.event_log import EventLog
 from carnation_tui.widgets.job_table import VirtualTable
 from scheduler_core.config import Settings
+from scheduler_core.console import Console
+from scheduler_core.engine import Engine
 from scheduler_core.events import SchedulerEvent
 
 SIZE = (80, 24)
@@ -538,10 +540,7 @@ async def test_jobs_and_banner_update_behind_an_open_dialog(app_settings: Settin
 
 async def test_the_first_load_of_the_jobs_is_frozen_out_of_full_collections(app_settings: Settings) -> None:
     """The console's views live as long as the app; a full collection walking them took 100-150 ms at 100,000 jobs,
-    keys and the scheduler loop waiting (bench/README.md, F29)."""
-    from scheduler_core.console import Console
-    from scheduler_core.engine import Engine
-
+    keys and the scheduler loop waiting (bench/README.md, F30; console.py freezes them)."""
     seed = Engine(app_settings)
     seed.start(execute=False)
     Console(seed).add_job(job("kept"))

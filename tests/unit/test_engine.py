@@ -373,6 +373,38 @@ def test_upgrading_to_0004_keeps_stored_jobs_and_drops_the_index(db_url: str) ->
         store.close()
 
 
+@pytest.mark.parametrize("executing", [True, False], ids=["executor", "standby"])
+def test_a_consoles_cached_views_and_specs_are_kept_out_of_full_garbage_collections(
+        make_settings, sqlite_url: str, executing: bool) -> None:
+    """A full collection walking a console's 100,000 cached views held its keys for 185-200 ms (bench/README.md,
+    F30). Frozen after the first listing, and again once the cache has doubled (a console opened on few jobs)."""
+    seed = Engine(make_settings(sqlite_url))
+    seed.start(execute=False)
+    Console(seed).add_job(interval_job("a"))
+    seed.stop()
+    gc.unfreeze()
+    engine = Engine(make_settings(sqlite_url))
+    engine.start(execute=executing)
+    try:
+        console = Console(engine)
+
+        def cached(job_id: str) -> object:
+            console.list_jobs()
+            return console._views[job_id][1] if executing else console._specs[job_id][2]
+
+        def frozen(obj: object) -> bool:
+            return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+        first = cached("a")
+        assert frozen(first)
+        for job_id in ("b", "c"):
+            console.add_job(interval_job(job_id))
+        assert frozen(cached("c"))  # three entries: more than twice the one frozen before
+    finally:
+        engine.stop()
+        engine.store.close()
+
+
 def test_jobs_load_with_the_cyclic_collector_paused_and_it_runs_again_after(
         make_settings, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loading 100,000 jobs set off one full collection after another, each walking all loaded so far: 2 s of a 4 s
